@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 60.0, **channel_kw) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            raise RuntimeError(f"edge-server exited with {proc.returncode}:\n{out}")
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+                resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+        except grpc.RpcError:
+            time.sleep(0.2)
+    raise TimeoutError(f"edge-server on port {port} not healthy after {timeout} s")
+
+
+class ServerProcess:
+    def __init__(self, args: list[str], port: int, env: dict | None = None) -> None:
+        self.port = port
+        self.proc = subprocess.Popen(
+            [str(BIN / "edge-server"), "--host", "127.0.0.1", "--port", str(port), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.stdout.read() if self.proc.stdout else ""
+
+
+@pytest.fixture
+def start_server():
+    started: list[ServerProcess] = []
+
+    def start(*args: str, wait: bool = True, env: dict | None = None) -> ServerProcess:
+        port = free_port()
+        server = ServerProcess(list(args), port, env)
+        started.append(server)
+        if wait:
+            wait_healthy(port, server.proc)
+        return server
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+@pytest.fixture(scope="session")
+def fmnist():
+    from splitserve.models import load
+
+    return load("fmnist-split")
