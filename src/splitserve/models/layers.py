@@ -1,0 +1,91 @@
+"""Slimmable building blocks: one set of weights, several widths.
+
+A width is an index into the layer's channel lists. Channels are nested: width
+i uses the first ``channels[i]`` filters of the full layer, so a narrower width
+computes (and sends) a prefix of a wider one's channels, SortedNet-style.
+Normalization statistics differ per width, hence one BatchNorm per width
+(switchable BN); GDN's parameters are sliced like the convolutions'.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from splitserve.models._compressai import NonNegativeParametrizer
+
+
+def _channels(values: Sequence[int]) -> tuple[int, ...]:
+    values = tuple(int(v) for v in values)
+    if not values or any(v <= 0 for v in values) or list(values) != sorted(values):
+        raise ValueError(f"channel counts per width must be positive and non-decreasing, got {list(values)}")
+    return values
+
+
+class SlimmableConv2d(nn.Conv2d):
+    """A convolution whose input and output channels are prefixes chosen by width."""
+
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        out_channels: Sequence[int],
+        kernel_size: int,
+        stride: int = 1,
+        padding: int | None = None,
+        bias: bool = True,
+    ) -> None:
+        self.in_list = _channels(in_channels)
+        self.out_list = _channels(out_channels)
+        if len(self.in_list) != len(self.out_list):
+            raise ValueError("in_channels and out_channels need one entry per width")
+        padding = kernel_size // 2 if padding is None else padding
+        super().__init__(self.in_list[-1], self.out_list[-1], kernel_size, stride, padding, bias=bias)
+
+    def forward(self, x: torch.Tensor, width: int) -> torch.Tensor:  # type: ignore[override]
+        cin, cout = self.in_list[width], self.out_list[width]
+        if x.shape[1] != cin:
+            raise ValueError(f"width {width} expects {cin} input channels, got {x.shape[1]}")
+        bias = self.bias[:cout] if self.bias is not None else None
+        return F.conv2d(x, self.weight[:cout, :cin], bias, self.stride, self.padding)
+
+
+class SwitchableBatchNorm2d(nn.Module):
+    """One BatchNorm per width: a narrow sub-network has its own feature statistics."""
+
+    def __init__(self, channels: Sequence[int]) -> None:
+        super().__init__()
+        self.channels = _channels(channels)
+        self.bn = nn.ModuleList(nn.BatchNorm2d(c) for c in self.channels)
+
+    def forward(self, x: torch.Tensor, width: int) -> torch.Tensor:
+        return self.bn[width](x)
+
+
+class SlimmableGDN(nn.Module):
+    """Generalized divisive normalization (Ballé et al.) over a channel prefix.
+
+    y_i = x_i / sqrt(beta_i + sum_j gamma_ij x_j^2), with i, j < channels[width].
+    """
+
+    def __init__(self, channels: Sequence[int], beta_min: float = 1e-6, gamma_init: float = 0.1) -> None:
+        super().__init__()
+        self.channels = _channels(channels)
+        c = self.channels[-1]
+        self.beta_reparam = NonNegativeParametrizer(minimum=beta_min)
+        self.gamma_reparam = NonNegativeParametrizer()
+        self.beta = nn.Parameter(self.beta_reparam.init(torch.ones(c)))
+        self.gamma = nn.Parameter(self.gamma_reparam.init(gamma_init * torch.eye(c)))
+
+    def forward(self, x: torch.Tensor, width: int) -> torch.Tensor:
+        c = self.channels[width]
+        beta = self.beta_reparam(self.beta)[:c]
+        gamma = self.gamma_reparam(self.gamma)[:c, :c].reshape(c, c, 1, 1)
+        return x * torch.rsqrt(F.conv2d(x * x, gamma, beta))
+
+
+def width_channels(full: int, fractions: Sequence[float]) -> tuple[int, ...]:
+    """Channel count at each width fraction of a layer that has ``full`` channels at 1.0."""
+    return _channels(max(1, round(full * f)) for f in fractions)

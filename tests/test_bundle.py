@@ -1,0 +1,101 @@
+import json
+import shutil
+
+import pytest
+import torch
+
+from splitserve.models import Bundle, BundleError, find_bundle, list_models, load
+
+
+@pytest.fixture
+def bundle_copy(tmp_path, fmnist):
+    dest = tmp_path / fmnist.name / fmnist.version
+    shutil.copytree(fmnist.path, dest)
+    return dest
+
+
+def test_bundled_model_loads_and_verifies(fmnist):
+    assert fmnist.name == "fmnist-split"
+    assert len(fmnist.sha256) == 64
+    assert fmnist.student.widths >= 1 and len(fmnist.widths) == fmnist.student.widths
+    assert len(fmnist.labels) == 10
+    assert "fmnist-split" in [b.name for b in list_models()]
+
+
+def test_tampered_file_is_refused_with_a_clear_error(bundle_copy):
+    head = bundle_copy / "head.pt"
+    data = bytearray(head.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    head.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"head\.pt: sha256 .* does not match the manifest"):
+        Bundle.load(bundle_copy)
+
+
+def test_missing_file_is_refused(bundle_copy):
+    (bundle_copy / "entropy.npz").unlink()
+    with pytest.raises(BundleError, match="entropy.npz is missing"):
+        Bundle.load(bundle_copy)
+
+
+def test_device_verification_needs_only_device_files(bundle_copy):
+    (bundle_copy / "tail.pt").unlink()
+    with pytest.raises(BundleError):
+        Bundle.load(bundle_copy)
+    assert Bundle.load(bundle_copy, verify="device").name == "fmnist-split"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [("{not json", "not valid JSON"), ("[1, 2]", "JSON object"), ('{"format": 1}', "missing keys")],
+)
+def test_malformed_manifest(bundle_copy, text, message):
+    (bundle_copy / "manifest.json").write_text(text)
+    with pytest.raises(BundleError, match=message):
+        Bundle.load(bundle_copy)
+
+
+def test_future_format_is_refused(bundle_copy):
+    m = json.loads((bundle_copy / "manifest.json").read_text())
+    m["format"] = 99
+    (bundle_copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="format 99"):
+        Bundle.load(bundle_copy)
+
+
+def test_lookup_by_name_and_version(bundle_copy, fmnist):
+    root = bundle_copy.parent.parent
+    assert find_bundle("fmnist-split", root=root) == bundle_copy
+    with pytest.raises(BundleError, match="no version '7'"):
+        find_bundle("fmnist-split", "7", root=root)
+    with pytest.raises(BundleError, match="unknown model 'nope'"):
+        load("nope")
+
+
+def test_weights_load_without_unpickling_code(bundle_copy):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"x": Evil()}, bundle_copy / "evil.pt")
+    from splitserve.models.backbones import load_state_dict
+
+    with pytest.raises(pickle.UnpicklingError):
+        load_state_dict(bundle_copy / "evil.pt")
+
+
+def test_every_width_runs_and_narrow_sends_fewer_bytes(fmnist):
+    from splitserve.data.samples import load_sample
+
+    images, _ = load_sample("fmnist-test")
+    x = fmnist.preprocess()(torch.from_numpy(images[:16]))
+    sizes = []
+    with torch.inference_mode():
+        for w in range(fmnist.student.widths):
+            y = fmnist.device_stage("entropic", w)(x)
+            assert tuple(y.shape[1:]) == fmnist.latent_shape(w)
+            sizes.append(sum(len(fmnist.encoder_for("entropic", w).encode(yi)) for yi in y))
+            logits = fmnist.server_stage("entropic", w)(fmnist.entropy_tables(w).dequantize(y))
+            assert logits.shape == (16, 10)
+    assert sizes == sorted(sizes)
