@@ -1,0 +1,209 @@
+"""Training configuration: one TOML file describes how a bundle is made.
+
+    [model]    name, version, description
+    [data]     dataset ("fashion-mnist", "imagefolder", "photos"), root, input normalization
+    [teacher]  family, args, weights (empty: train it here), split layer, distilled layers
+    [student]  encoder stages, bottleneck channels, width fractions, decoder size
+    [stage1]   head distillation: epochs, lr, beta (rate weight), batch size
+    [stage2]   tail fine-tuning with KD: epochs, lr, whether the tail trains too
+    [eval]     how many test images the manifest's numbers are measured on
+
+Unknown keys are errors: a typo must not silently train the wrong model.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """The training config is invalid; the message names the key."""
+
+
+@dataclass
+class ModelSection:
+    name: str = "my-split"
+    version: str = "1"
+    description: str = ""
+    sample: str = ""  # the shipped sample (splitserve/data/samples/<name>.npz) demos run on
+
+
+@dataclass
+class DataSection:
+    dataset: str = "fashion-mnist"
+    root: str = ""
+    input_shape: list[int] = field(default_factory=lambda: [1, 28, 28])
+    mean: list[float] = field(default_factory=lambda: [0.2860])
+    std: list[float] = field(default_factory=lambda: [0.3530])
+    labels: list[str] = field(default_factory=list)
+    # Use only this many training / test images (0: all); for smoke runs.
+    train_limit: int = 0
+    test_limit: int = 0
+    # photos dataset: crops per photo per epoch and held-out photos
+    crops_per_epoch: int = 2048
+    holdout: list[str] = field(default_factory=list)
+    workers: int = 0
+
+
+@dataclass
+class TeacherSection:
+    family: str = "fmnist-cnn"
+    args: dict[str, Any] = field(default_factory=dict)
+    # "" : train from scratch here; "package:<name>" or a file path: pretrained weights
+    weights: str = ""
+    split: str = "block2"
+    # tail layers whose outputs are distilled too (besides the split itself)
+    distill: list[str] = field(default_factory=list)
+    epochs: int = 8
+    lr: float = 2e-3
+    batch_size: int = 128
+
+
+@dataclass
+class StudentSection:
+    stages: list[list[int]] = field(default_factory=lambda: [[32, 5, 2], [48, 5, 2]])
+    bottleneck: int = 24
+    fractions: list[float] = field(default_factory=lambda: [1.0])
+    decoder_hidden: int = 64
+    # start the encoder with the teacher's own (frozen) layers up to this one
+    prefix: str = ""
+
+
+@dataclass
+class Stage1Section:
+    epochs: int = 10
+    lr: float = 2e-3
+    aux_lr: float = 1e-3
+    # rate weight, per bit per frame; one value or one per width (narrowest first)
+    beta: list[float] = field(default_factory=lambda: [0.005])
+    batch_size: int = 128
+    # sandwich rule: widest + narrowest + this many random widths per step
+    random_widths: int = 1
+    # divide each distilled layer's MSE by the teacher's variance there, so layers of
+    # different scale weigh alike and beta means the same across models
+    normalize: bool = False
+    # rate control: bits per frame to aim at, per width (narrowest first). beta then
+    # starts from the value above and adapts every step until each width meets its target.
+    target_bits: list[float] = field(default_factory=list)
+    beta_lr: float = 0.01  # per step; each step moves beta by at most 1 %
+    # weight of a KL term between the teacher's and the student's logits (through the frozen
+    # tail): tells the encoder which information matters for the task, not just for MSE
+    kd_weight: float = 0.0
+    # how training charges the rate: "ste" (the pmf of the rounded symbols, what the
+    # codec pays) or "noise" (compressai's additive-uniform-noise proxy)
+    rate_proxy: str = "ste"
+    # with a student prefix and no distilled tail layers: precompute this many frames'
+    # teacher features once and train every epoch on them (0: fresh frames each step)
+    cache: int = 0
+
+
+@dataclass
+class Stage2Section:
+    epochs: int = 4
+    lr: float = 1e-3
+    finetune_tail: bool = True
+    temperature: float = 1.0
+    batch_size: int = 128
+
+
+@dataclass
+class EvalSection:
+    limit: int = 0  # 0: the whole test set
+    batch_size: int = 256
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    teacher: TeacherSection = field(default_factory=TeacherSection)
+    student: StudentSection = field(default_factory=StudentSection)
+    stage1: Stage1Section = field(default_factory=Stage1Section)
+    stage2: Stage2Section = field(default_factory=Stage2Section)
+    eval: EvalSection = field(default_factory=EvalSection)
+    seed: int = 0
+    device: str = "auto"
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def _fill(section_cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"[{where}] must be a table, got {type(data).__name__}")
+    known = {f.name: f for f in fields(section_cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"[{where}] unknown keys {unknown}; known: {sorted(known)}")
+    obj = section_cls()
+    for key, value in data.items():
+        default = getattr(obj, key)
+        if isinstance(default, bool) != isinstance(value, bool) or (
+            isinstance(default, (int, float)) and not isinstance(value, (int, float))
+        ):
+            raise ConfigError(f"[{where}] {key} = {value!r}: expected {type(default).__name__}")
+        if isinstance(default, (list, dict, str)) and not isinstance(value, type(default)):
+            raise ConfigError(f"[{where}] {key} = {value!r}: expected {type(default).__name__}")
+        if isinstance(default, float):
+            value = float(value)
+        setattr(obj, key, value)
+    return obj
+
+
+def parse_config(data: dict[str, Any]) -> TrainConfig:
+    cfg = TrainConfig()
+    sections = {f.name: f for f in fields(TrainConfig)}
+    for key, value in data.items():
+        if key not in sections:
+            raise ConfigError(f"unknown config key {key!r}; known: {sorted(sections)}")
+        if key in ("seed",):
+            if not isinstance(value, int):
+                raise ConfigError(f"{key} must be an integer")
+            cfg.seed = value
+        elif key == "device":
+            cfg.device = str(value)
+        else:
+            setattr(cfg, key, _fill(type(getattr(cfg, key)), value, key))
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    try:
+        return parse_config(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def validate(cfg: TrainConfig) -> None:
+    d, s = cfg.data, cfg.student
+    if len(d.input_shape) != 3 or any(v <= 0 for v in d.input_shape):
+        raise ConfigError(f"[data] input_shape must be [C, H, W], got {d.input_shape}")
+    if len(d.mean) != d.input_shape[0] or len(d.std) != d.input_shape[0]:
+        raise ConfigError("[data] mean and std need one value per input channel")
+    if not s.fractions or sorted(s.fractions) != s.fractions or not all(0 < f <= 1 for f in s.fractions):
+        raise ConfigError(f"[student] fractions must increase within (0, 1], got {s.fractions}")
+    if not s.stages or any(len(st) != 3 for st in s.stages):
+        raise ConfigError("[student] stages must be a list of [channels, kernel, stride]")
+    if len(cfg.stage1.beta) not in (1, len(s.fractions)):
+        raise ConfigError("[stage1] beta needs one value, or one per width")
+    if cfg.stage1.rate_proxy not in ("ste", "noise"):
+        raise ConfigError(f"[stage1] rate_proxy must be 'ste' or 'noise', got {cfg.stage1.rate_proxy!r}")
+    if cfg.stage1.cache and (not s.prefix or cfg.teacher.distill or cfg.stage1.kd_weight):
+        raise ConfigError("[stage1] cache needs [student] prefix, an empty [teacher] distill list and no kd_weight")
+    if cfg.stage1.target_bits and (
+        len(cfg.stage1.target_bits) != len(s.fractions) or any(t <= 0 for t in cfg.stage1.target_bits)
+    ):
+        raise ConfigError("[stage1] target_bits needs one positive value per width")

@@ -1,0 +1,140 @@
+"""Training data sources. Every source yields uint8 (B, H, W, C) frames, as a camera would.
+
+Normalization happens in the model (the bundle's Preprocess), so training sees
+exactly the frames a device would send.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from splitserve.training.config import ConfigError, DataSection
+
+
+class FrameSource(ABC):
+    """An epoch of (frames uint8 (B, H, W, C), labels int64 (B,)) batches; labels -1 when unknown."""
+
+    @abstractmethod
+    def __len__(self) -> int:
+        """Frames per epoch."""
+
+    @abstractmethod
+    def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of shuffled, augmented batches."""
+
+
+class TensorFrames(FrameSource):
+    """Frames held in memory, with light augmentation (shifted crops, mirroring)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, pad: int = 2, flip: bool = True) -> None:
+        self.images = torch.from_numpy(np.array(images))
+        self.labels = torch.from_numpy(labels.astype(np.int64))
+        self.pad = pad
+        self.flip = flip
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(self.images), generator=generator)
+        h, w = self.images.shape[1:3]
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            x = self.images[idx]
+            if self.pad:
+                padded = torch.nn.functional.pad(x.permute(0, 3, 1, 2), (self.pad,) * 4)
+                dy, dx = torch.randint(0, 2 * self.pad + 1, (2,), generator=generator).tolist()
+                x = padded[:, :, dy : dy + h, dx : dx + w].permute(0, 2, 3, 1)
+            if self.flip:
+                mirror = torch.rand(len(idx), generator=generator) < 0.5
+                x = torch.where(mirror[:, None, None, None], x.flip(2), x)
+            yield x.contiguous(), self.labels[idx]
+
+
+class ImageFolderFrames(FrameSource):
+    """A torchvision ImageFolder tree, random-resized-cropped to the model's input size."""
+
+    def __init__(self, root: Path, size: tuple[int, int], workers: int) -> None:
+        from torchvision import datasets, transforms
+
+        self.dataset = datasets.ImageFolder(
+            str(root),
+            transform=transforms.Compose(
+                [
+                    transforms.RandomResizedCrop(size, scale=(0.35, 1.0)),
+                    transforms.RandomHorizontalFlip(),
+                    transforms.PILToTensor(),
+                ]
+            ),
+        )
+        self.workers = workers
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_size=batch_size, shuffle=True, generator=generator, num_workers=self.workers
+        )
+        for x, y in loader:
+            yield x.permute(0, 2, 3, 1).contiguous(), y
+
+
+@dataclass
+class TrainData:
+    train: FrameSource
+    test_images: np.ndarray  # uint8 (N, H, W, C)
+    test_labels: np.ndarray  # int64 (N,), -1 where unknown
+    labels: list[str]
+
+    @property
+    def has_labels(self) -> bool:
+        return bool(np.all(self.test_labels >= 0))
+
+
+def _limit(images: np.ndarray, labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    return (images[:n], labels[:n]) if n else (images, labels)
+
+
+def _load_folder_eval(root: Path, size: tuple[int, int], limit: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    from torchvision import datasets, transforms
+
+    ds = datasets.ImageFolder(
+        str(root),
+        transform=transforms.Compose(
+            [transforms.Resize(int(max(size) * 1.14)), transforms.CenterCrop(size), transforms.PILToTensor()]
+        ),
+    )
+    n = min(len(ds), limit) if limit else len(ds)
+    images = np.stack([ds[i][0].permute(1, 2, 0).numpy() for i in range(n)])
+    labels = np.array([ds.targets[i] for i in range(n)], dtype=np.int64)
+    return images, labels, list(ds.classes)
+
+
+def build_data(cfg: DataSection, seed: int, device: str = "cpu") -> TrainData:
+    if cfg.dataset == "fashion-mnist":
+        from splitserve.data import fashion_mnist
+
+        x, y = _limit(*fashion_mnist.load("train", cfg.root or None), cfg.train_limit)
+        tx, ty = _limit(*fashion_mnist.load("test", cfg.root or None), cfg.test_limit)
+        return TrainData(TensorFrames(x, y), tx, ty, cfg.labels or list(fashion_mnist.LABELS))
+    if cfg.dataset == "imagefolder":
+        root = Path(cfg.root)
+        train_dir = root / "train"
+        eval_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
+        if not train_dir.is_dir() or eval_dir is None:
+            raise ConfigError(f"[data] imagefolder root {root} needs train/ and val/ (or test/) class folders")
+        size = (cfg.input_shape[1], cfg.input_shape[2])
+        tx, ty, classes = _load_folder_eval(eval_dir, size, cfg.test_limit)
+        return TrainData(ImageFolderFrames(train_dir, size, cfg.workers), tx, ty, cfg.labels or classes)
+    if cfg.dataset == "photos":
+        from splitserve.data import photos
+
+        return photos.build_train_data(cfg, seed, device)
+    raise ConfigError(f"[data] unknown dataset {cfg.dataset!r}; use fashion-mnist, imagefolder or photos")

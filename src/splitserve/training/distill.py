@@ -1,0 +1,238 @@
+"""The two training stages of the Entropic Student, with slimmable widths.
+
+Stage 1 (head distillation): the teacher is frozen; the student encoder,
+priors and decoder learn to reproduce the teacher's features at the split and
+at later layers (MSE) while the priors' likelihoods charge each bit (beta * rate).
+Every step trains the widest and the narrowest width plus random ones between
+(the sandwich rule), so one set of weights serves every width.
+
+Stage 2 (tail fine-tuning): the encoder and priors are frozen and turned into
+integer tables once (``update()``); the decoder (and optionally the tail) learn
+on the codec's real quantized features with 0.5 * CE + 0.5 * KL to the teacher.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from splitserve.codecs.entropic import EntropyTables
+from splitserve.models.bottleneck import EntropicStudent, rate_bits
+from splitserve.training.config import Stage1Section, Stage2Section
+from splitserve.training.data import TrainData
+
+
+def sandwich(widths: int, extra: int, rng: random.Random) -> list[int]:
+    """Widest, narrowest and ``extra`` random widths between (each at most once)."""
+    chosen = [widths - 1] if widths == 1 else [widths - 1, 0]
+    middle = list(range(1, widths - 1))
+    chosen += rng.sample(middle, min(extra, len(middle)))
+    return chosen
+
+
+@dataclass
+class Teacher:
+    """The frozen teacher cut at the split: head, and a tail that also returns tapped layers."""
+
+    pre: nn.Module
+    head: nn.Module
+    tapped_tail: nn.Module  # features -> (logits, [tapped outputs])
+
+    @torch.no_grad()
+    def targets(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        feats = self.head(self.pre(x))
+        logits, taps = self.tapped_tail(feats)
+        return feats, logits, taps
+
+
+class CachedTargets:
+    """Stage 1 from precomputed tensors, for students that start with the teacher's frozen layers.
+
+    With a frozen prefix and no tapped tail layers, every stage-1 step would
+    recompute the same teacher work; instead the prefix output and the teacher's
+    split features of a fixed set of frames are computed once (fp16, in memory)
+    and each epoch trains on them. This is what makes a 224 x 224 teacher
+    trainable on a laptop-class CPU.
+    """
+
+    def __init__(self, student: EntropicStudent, teacher: Teacher, frames, count: int, batch: int,  # type: ignore[no-untyped-def]
+                 gen: torch.Generator, device: torch.device, progress: bool = True) -> None:  # fmt: skip
+        inputs, targets = [], []
+        bar = tqdm(total=count, desc="caching teacher features", unit="img", leave=False, disable=not progress)
+        with torch.no_grad():
+            while sum(len(t) for t in targets) < count:
+                for x, _ in frames.batches(batch, gen):
+                    x = x.to(device)
+                    xp = teacher.pre(x)
+                    inputs.append(student.encoder.prefix(xp).half().cpu())
+                    targets.append(teacher.head(xp).half().cpu())
+                    bar.update(len(x))
+                    if sum(len(t) for t in targets) >= count:
+                        break
+        bar.close()
+        self.inputs = torch.cat(inputs)[:count]
+        self.targets = torch.cat(targets)[:count]
+        self.device = device
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def batches(self, batch_size: int, gen: torch.Generator):  # type: ignore[no-untyped-def]
+        order = torch.randperm(len(self.inputs), generator=gen)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            yield self.inputs[idx].to(self.device).float(), self.targets[idx].to(self.device).float()
+
+
+def distortion(student: torch.Tensor, teacher: torch.Tensor, normalize: bool) -> torch.Tensor:
+    mse = F.mse_loss(student, teacher)
+    return mse / teacher.var().clamp(min=1e-6) if normalize else mse
+
+
+def stage1_epoch(
+    student: EntropicStudent,
+    teacher: Teacher,
+    data: TrainData,
+    cfg: Stage1Section,
+    opt: torch.optim.Optimizer,
+    aux_opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    gen: torch.Generator,
+    rng: random.Random,
+    device: torch.device,
+    desc: str,
+    betas: list[float],
+    progress: bool = True,
+    cached: CachedTargets | None = None,
+) -> dict[str, float]:
+    """One epoch of stage 1. ``betas`` (one per width) adapts in place under rate control."""
+    student.train()
+    n = student.cfg.widths
+    source = cached if cached is not None else data.train
+    bar = tqdm(total=len(source), desc=desc, unit="img", leave=False, disable=not progress)
+    sums = {"loss": 0.0, "mse": 0.0, "bits": 0.0}
+    width_bits: dict[int, list[float]] = {}
+    seen = 0
+    for x, target in source.batches(cfg.batch_size, gen):
+        if cached is not None:  # x: the prefix's output; target: the split features
+            xp, feats, logits, taps = x, target, None, []
+        else:
+            x = x.to(device)
+            feats, logits, taps = teacher.targets(x)
+            xp = teacher.pre(x)
+        loss = torch.zeros((), device=device)
+        for w in sandwich(n, cfg.random_widths, rng):
+            f_hat, lik = student(xp, w, prefixed=cached is not None, rate=cfg.rate_proxy)
+            logits_hat, taps_hat = teacher.tapped_tail(f_hat) if (taps or cfg.kd_weight) else (None, [])
+            mse = sum(
+                (distortion(a, b, cfg.normalize) for a, b in zip([f_hat, *taps_hat], [feats, *taps], strict=True)),
+                torch.zeros((), device=device),
+            )
+            if cfg.kd_weight and logits is not None:
+                mse = mse + cfg.kd_weight * F.kl_div(
+                    F.log_softmax(logits_hat, 1), F.log_softmax(logits, 1), log_target=True, reduction="batchmean"
+                )
+            bits = rate_bits(lik).mean()
+            loss = loss + mse + betas[w] * bits
+            if cfg.target_bits:  # dual ascent on the rate constraint, gently, in log space
+                error = float(np.log(max(bits.item(), 1e-3) / cfg.target_bits[w]))
+                betas[w] *= float(np.exp(np.clip(cfg.beta_lr * error, -0.01, 0.01)))
+            if w == n - 1:
+                sums["mse"] += mse.item() * len(x)
+                sums["bits"] += bits.item() * len(x)
+            width_bits.setdefault(w, []).append(bits.item())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 5.0)
+        opt.step()
+        sched.step()
+        aux = student.aux_loss()
+        aux_opt.zero_grad(set_to_none=True)
+        aux.backward()
+        aux_opt.step()
+        sums["loss"] += loss.item() * len(x)
+        seen += len(x)
+        bar.update(len(x))
+        bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}", bits=f"{sums['bits'] / seen:.0f}")
+    bar.close()
+    stats = {k: v / max(seen, 1) for k, v in sums.items()}
+    stats["bits_by_width"] = [round(float(np.mean(width_bits.get(w, [0.0]))), 1) for w in range(n)]
+    stats["betas"] = [float(f"{b:.3g}") for b in betas]
+    return stats
+
+
+def initial_betas(cfg: Stage1Section, widths: int) -> list[float]:
+    return list(cfg.beta) if len(cfg.beta) == widths else list(cfg.beta) * widths
+
+
+def stage1_optimizers(student: EntropicStudent, cfg: Stage1Section, steps: int):
+    main = [p for name, p in student.named_parameters() if not name.endswith("quantiles")]
+    aux = [p for name, p in student.named_parameters() if name.endswith("quantiles")]
+    opt = torch.optim.Adam(main, lr=cfg.lr)
+    aux_opt = torch.optim.Adam(aux, lr=cfg.aux_lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.1)
+    return opt, aux_opt, sched
+
+
+def kd_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, t: float) -> torch.Tensor:
+    """0.5 * CE (where labels are known) + 0.5 * KL(teacher || student) at temperature t."""
+    kl = F.kl_div(
+        F.log_softmax(logits / t, 1), F.log_softmax(teacher_logits / t, 1), log_target=True, reduction="batchmean"
+    ) * (t * t)
+    known = labels >= 0
+    if not bool(known.any()):
+        return kl
+    return 0.5 * F.cross_entropy(logits[known], labels[known]) + 0.5 * kl
+
+
+def stage2_epoch(
+    student: EntropicStudent,
+    tables: list[EntropyTables],
+    tail: nn.Module,
+    teacher: Teacher,
+    data: TrainData,
+    cfg: Stage2Section,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    gen: torch.Generator,
+    rng: random.Random,
+    device: torch.device,
+    desc: str,
+    extra_widths: int,
+    progress: bool = True,
+) -> dict[str, float]:
+    student.encoder.eval()
+    student.decoder.train()
+    tail.eval()  # BN statistics stay the teacher's; only weights adapt
+    n = student.cfg.widths
+    bar = tqdm(total=len(data.train), desc=desc, unit="img", leave=False, disable=not progress)
+    total, correct, seen = 0.0, 0, 0
+    for x, y in data.train.batches(cfg.batch_size, gen):
+        x, y = x.to(device), y.to(device)
+        _, t_logits, _ = teacher.targets(x)
+        xp = teacher.pre(x)
+        loss = torch.zeros((), device=device)
+        for w in sandwich(n, extra_widths, rng):
+            with torch.no_grad():
+                y_hat = tables[w].dequantize(student.encoder(xp, w))
+            logits = tail(student.decoder(y_hat, w))
+            loss = loss + kd_loss(logits, t_logits, y, cfg.temperature)
+            if w == n - 1:
+                ref = y if bool((y >= 0).all()) else t_logits.argmax(1)
+                correct += int((logits.argmax(1) == ref).sum())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        total += loss.item() * len(x)
+        seen += len(x)
+        bar.update(len(x))
+        bar.set_postfix(loss=f"{total / seen:.4f}", acc=f"{correct / seen:.3f}")
+    bar.close()
+    return {"loss": total / max(seen, 1), "train_acc": correct / max(seen, 1)}

@@ -1,0 +1,178 @@
+"""Measure a bundle the way it runs: real encoded payloads, real decoding, the shipped tail.
+
+Per width: accuracy (top-1 against labels), agreement (top-1 against the
+unsplit teacher), bytes per frame of the actual payloads, and the head's
+compute time for one frame on this CPU.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from splitserve.models.bundle import Bundle
+
+
+@dataclass
+class WidthResult:
+    width: int
+    fraction: float
+    channels: int
+    accuracy: float | None
+    agreement: float
+    bytes_mean: float
+    bytes_p95: float
+    head_ms: float
+    predictions: np.ndarray
+
+
+def _batches(n: int, size: int):
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+@torch.inference_mode()
+def predict_local(bundle: Bundle, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Top-1 of the whole, unsplit teacher (local-only inference)."""
+    model = bundle.local_model()
+    out = [model(torch.from_numpy(images[s])).argmax(1) for s in _batches(len(images), batch_size)]
+    return torch.cat(out).numpy()
+
+
+def time_ms(fn: Callable[[], object], repeat: int = 30, warmup: int = 3) -> float:
+    """Median wall time of fn in ms."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(samples))
+
+
+@torch.inference_mode()
+def evaluate_width(
+    bundle: Bundle,
+    width: int,
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    teacher_top1: np.ndarray,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> WidthResult:
+    pre = bundle.preprocess()
+    head = bundle.device_stage("entropic", width)
+    encoder = bundle.encoder_for("entropic", width)
+    decoder = bundle.decoder_for("entropic", width)
+    server = bundle.server_stage("entropic", width)
+    shape = bundle.latent_shape(width)
+    sizes, preds = [], []
+    bar = tqdm(total=len(images), desc=f"width {width}", unit="frame", disable=not progress, leave=False)
+    for s in _batches(len(images), batch_size):
+        y = head(pre(torch.from_numpy(images[s])))
+        y_hat = []
+        for yi in y:
+            payload = encoder.encode(yi)
+            sizes.append(len(payload))
+            y_hat.append(decoder.decode(payload, shape))
+        preds.append(server(torch.stack(y_hat)).argmax(1))
+        bar.update(len(y))
+    bar.close()
+    top1 = torch.cat(preds).numpy()
+    one = pre(torch.from_numpy(images[:1]))
+    info = bundle.widths[width]
+    return WidthResult(
+        width=width,
+        fraction=float(info["fraction"]),
+        channels=int(info["channels"]),
+        accuracy=float((top1 == labels).mean()) if labels is not None else None,
+        agreement=float((top1 == teacher_top1).mean()),
+        bytes_mean=float(np.mean(sizes)),
+        bytes_p95=float(np.percentile(sizes, 95)),
+        head_ms=time_ms(lambda: head(one)),
+        predictions=top1,
+    )
+
+
+@torch.inference_mode()
+def evaluate_bundle(
+    bundle: Bundle,
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> tuple[dict, list[WidthResult]]:
+    """(teacher summary, per-width results) on the given frames. Labels may be None."""
+    teacher_top1 = predict_local(bundle, images, batch_size)
+    one = torch.from_numpy(images[:1])
+    local = bundle.local_model()
+    teacher = {
+        "accuracy": float((teacher_top1 == labels).mean()) if labels is not None else None,
+        "device_ms": time_ms(lambda: local(one)),
+        "frames": int(len(images)),
+    }
+    results = [
+        evaluate_width(bundle, w, images, labels, teacher_top1, batch_size, progress)
+        for w in range(bundle.student.widths)
+    ]
+    return teacher, results
+
+
+JPEG_QUALITIES = (10, 25, 50, 75, 95)
+
+
+@dataclass
+class BaselineResult:
+    name: str
+    accuracy: float | None
+    agreement: float
+    bytes_mean: float
+    bytes_p95: float
+
+
+def baseline_specs() -> list[tuple[str, str, dict]]:
+    """(name, codec, encoder params) of every baseline the split is compared against."""
+    specs = [("png", "png", {})]
+    specs += [(f"jpeg-q{q}", "jpeg", {"quality": q}) for q in JPEG_QUALITIES]
+    specs += [("webp-q75", "webp", {"quality": 75}), ("webp-q25", "webp", {"quality": 25})]
+    specs += [("fp16", "fp16", {}), ("int8-zlib", "int8", {"compressor": "zlib"}),
+              ("int8-zstd", "int8", {"compressor": "zstd"})]  # fmt: skip
+    return specs
+
+
+@torch.inference_mode()
+def evaluate_baseline(
+    bundle: Bundle, name: str, codec: str, params: dict, images: np.ndarray, labels: np.ndarray | None,
+    teacher_top1: np.ndarray, batch_size: int = 256,
+) -> BaselineResult:  # fmt: skip
+    """Full offload (image codecs) or raw split features (fp16 / int8), through real payloads."""
+    pre = bundle.preprocess()
+    encoder = bundle.encoder_for(codec, **params)
+    decoder = bundle.decoder_for(codec)
+    server = bundle.server_stage(codec)
+    shape = bundle.payload_shape(codec)
+    device = None if codec in ("jpeg", "webp", "png") else bundle.device_stage(codec)
+    sizes, preds = [], []
+    for s in _batches(len(images), batch_size):
+        frames = torch.from_numpy(images[s])
+        tensors = frames if device is None else device(pre(frames))
+        decoded = []
+        for t in tensors:
+            payload = encoder.encode(t)
+            sizes.append(len(payload))
+            decoded.append(decoder.decode(payload, shape))
+        preds.append(server(torch.stack(decoded)).argmax(1))
+    top1 = torch.cat(preds).numpy()
+    return BaselineResult(
+        name=name,
+        accuracy=float((top1 == labels).mean()) if labels is not None else None,
+        agreement=float((top1 == teacher_top1).mean()),
+        bytes_mean=float(np.mean(sizes)),
+        bytes_p95=float(np.percentile(sizes, 95)),
+    )

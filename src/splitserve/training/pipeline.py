@@ -1,0 +1,346 @@
+"""The whole recipe: teacher -> stage 1 -> stage 2 -> bundle with measured numbers.
+
+Each epoch ends with a checkpoint (``<work>/checkpoint.pt``), so ``--resume``
+continues an interrupted run where it stopped, with the same random streams.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from splitserve import __version__
+from splitserve.models.backbones import (
+    build_teacher,
+    feature_shape,
+    load_state_dict,
+    resolve_weights,
+    sha256_file,
+    split_model,
+    tap_outputs,
+)
+from splitserve.models.bottleneck import EntropicStudent, StudentConfig
+from splitserve.models.bundle import TAIL_FILE, TEACHER_FILE, Bundle, InputSpec, Preprocess, write_bundle
+from splitserve.training import distill
+from splitserve.training import teacher as teacher_training
+from splitserve.training.config import ConfigError, TrainConfig
+from splitserve.training.data import TrainData, build_data
+from splitserve.training.evaluate import evaluate_bundle
+
+log = logging.getLogger("splitserve.train")
+PHASES = ("teacher", "stage1", "stage2", "done")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Run:
+    """One training run: its state, and the checkpoint it lives in."""
+
+    def __init__(self, cfg: TrainConfig, work: Path, resume: bool, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.progress = progress
+        self.work = work
+        self.ckpt = work / "checkpoint.pt"
+        self.device = pick_device(cfg.device)
+        self.state: dict[str, Any] = {"phase": "teacher", "epoch": 0, "history": []}
+        work.mkdir(parents=True, exist_ok=True)
+        if resume:
+            if not self.ckpt.is_file():
+                raise FileNotFoundError(f"--resume: no checkpoint at {self.ckpt}")
+            self.state = torch.load(self.ckpt, map_location="cpu", weights_only=False)
+            if self.state.get("config") != cfg.to_dict():
+                raise ConfigError(f"--resume: {self.ckpt} was made with a different config; start a new --work dir")
+            log.info("resuming at %s epoch %d", self.state["phase"], self.state["epoch"])
+        self.state["config"] = cfg.to_dict()
+
+    def save(self, **parts: Any) -> None:
+        self.state.update(parts)
+        tmp = self.ckpt.with_suffix(".tmp")
+        torch.save(self.state, tmp)
+        tmp.replace(self.ckpt)
+
+    def seed_streams(self, phase: str) -> tuple[torch.Generator, random.Random]:
+        """Generators for a phase: fresh from the seed, or restored from the checkpoint."""
+        gen = torch.Generator().manual_seed(self.cfg.seed + PHASES.index(phase))
+        rng = random.Random(self.cfg.seed + PHASES.index(phase))
+        if self.state["phase"] == phase and "gen" in self.state:
+            gen.set_state(self.state["gen"])
+            rng.setstate(self.state["rng"])
+            torch.set_rng_state(self.state["torch_rng"])
+        return gen, rng
+
+    def streams_state(self, gen: torch.Generator, rng: random.Random) -> dict[str, Any]:
+        return {"gen": gen.get_state(), "rng": rng.getstate(), "torch_rng": torch.get_rng_state()}
+
+
+def _input_spec(cfg: TrainConfig) -> InputSpec:
+    d = cfg.data
+    return InputSpec(tuple(d.input_shape), tuple(d.mean), tuple(d.std))  # type: ignore[arg-type]
+
+
+def _student_config(cfg: TrainConfig, feats: tuple[int, ...], prefix_channels: int | None) -> StudentConfig:
+    s = cfg.student
+    return StudentConfig(
+        in_channels=prefix_channels or cfg.data.input_shape[0],
+        stages=[tuple(st) for st in s.stages],  # type: ignore[misc]
+        bottleneck=s.bottleneck,
+        feature_channels=feats[0],
+        fractions=list(s.fractions),
+        decoder_hidden=s.decoder_hidden,
+        prefix=s.prefix,
+    )
+
+
+def _phase_done(run: Run, phase: str) -> bool:
+    return PHASES.index(run.state["phase"]) > PHASES.index(phase)
+
+
+def train_teacher(run: Run, data: TrainData, pre: nn.Module) -> nn.Module:
+    cfg = run.cfg
+    model = build_teacher(cfg.teacher.family, cfg.teacher.args).to(run.device)
+    if cfg.teacher.weights:
+        model.load_state_dict(load_state_dict(resolve_weights(cfg.teacher.weights)))
+        return model.eval()
+    if _phase_done(run, "teacher"):
+        model.load_state_dict(run.state["teacher"])
+        return model.eval()
+    steps_per_epoch = -(-len(data.train) // cfg.teacher.batch_size)
+    opt, sched = teacher_training.make_optimizer(model, cfg.teacher, steps_per_epoch * cfg.teacher.epochs)
+    gen, _ = run.seed_streams("teacher")
+    rng = random.Random(0)
+    if run.state["phase"] == "teacher" and run.state["epoch"]:
+        model.load_state_dict(run.state["teacher"])
+        opt.load_state_dict(run.state["opt"])
+        sched.load_state_dict(run.state["sched"])
+    for epoch in range(run.state["epoch"], cfg.teacher.epochs):
+        loss = teacher_training.train_epoch(
+            model,
+            pre,
+            data,
+            cfg.teacher,
+            opt,
+            sched,
+            gen,
+            run.device,
+            f"teacher {epoch + 1}/{cfg.teacher.epochs}",
+            run.progress,
+        )
+        acc = teacher_training.accuracy(model, pre, data, run.device) if data.has_labels else None
+        log.info("teacher epoch %d: loss %.4f, test accuracy %s", epoch + 1, loss, acc)
+        run.state["history"].append({"phase": "teacher", "epoch": epoch + 1, "loss": loss, "accuracy": acc})
+        last = epoch + 1 == cfg.teacher.epochs
+        run.save(
+            phase="stage1" if last else "teacher",
+            epoch=0 if last else epoch + 1,
+            teacher=model.state_dict(),
+            opt=opt.state_dict(),
+            sched=sched.state_dict(),
+            **run.streams_state(gen, rng),
+        )
+    return model.eval()
+
+
+def train_student(run: Run, data: TrainData, pre: nn.Module, teacher_model: nn.Module, feats: tuple[int, ...]):
+    cfg = run.cfg
+    for p in teacher_model.parameters():
+        p.requires_grad_(False)
+    head, tail = split_model(teacher_model, cfg.teacher.split)
+    teacher = distill.Teacher(pre, head, tap_outputs(tail, cfg.teacher.distill))
+    prefix = None
+    if cfg.student.prefix:
+        prefix = split_model(copy.deepcopy(teacher_model), cfg.student.prefix)[0]
+        prefix_channels = feature_shape(copy.deepcopy(prefix).cpu(), tuple(cfg.data.input_shape))[0]
+    student_cfg = _student_config(cfg, feats, prefix_channels if prefix is not None else None)
+    student = EntropicStudent(student_cfg, prefix).to(run.device)
+    with torch.no_grad():
+        probe = pre(torch.from_numpy(data.test_images[:2]).to(run.device))
+        got = student.decoder(student.encoder(probe, student.cfg.widths - 1), student.cfg.widths - 1).shape[1:]
+    if tuple(got) != feats:
+        raise ConfigError(
+            f"[student] decodes to {tuple(got)} but the teacher's features at {cfg.teacher.split!r} are {feats}; "
+            "make the product of the encoder strides match the teacher's downsampling at the split"
+        )
+
+    # Stage 1
+    if not _phase_done(run, "stage1"):
+        s1 = cfg.stage1
+        steps = -(-(s1.cache or len(data.train)) // s1.batch_size) * s1.epochs
+        opt, aux_opt, sched = distill.stage1_optimizers(student, s1, steps)
+        gen, rng = run.seed_streams("stage1")
+        betas = distill.initial_betas(s1, student.cfg.widths)
+        cached = None
+        if s1.cache:  # a fixed frame set, rebuilt identically on resume from its own seed
+            cache_gen = torch.Generator().manual_seed(cfg.seed + 100)
+            cached = distill.CachedTargets(
+                student, teacher, data.train, s1.cache, s1.batch_size, cache_gen, run.device, run.progress
+            )
+        if run.state["phase"] == "stage1" and run.state["epoch"]:
+            student.load_state_dict(run.state["student"])
+            opt.load_state_dict(run.state["opt"])
+            aux_opt.load_state_dict(run.state["aux_opt"])
+            sched.load_state_dict(run.state["sched"])
+            betas = list(run.state["betas"])
+        for epoch in range(run.state["epoch"], s1.epochs):
+            stats = distill.stage1_epoch(
+                student, teacher, data, s1, opt, aux_opt, sched, gen, rng, run.device,
+                f"stage 1 {epoch + 1}/{s1.epochs}", betas, run.progress, cached,
+            )  # fmt: skip
+            log.info("stage 1 epoch %d: %s", epoch + 1, stats)
+            run.state["history"].append({"phase": "stage1", "epoch": epoch + 1, **stats})
+            last = epoch + 1 == s1.epochs
+            run.save(
+                phase="stage2" if last else "stage1",
+                epoch=0 if last else epoch + 1,
+                student=student.state_dict(),
+                opt=opt.state_dict(),
+                aux_opt=aux_opt.state_dict(),
+                sched=sched.state_dict(),
+                betas=betas,
+                **run.streams_state(gen, rng),
+            )
+    else:
+        student.load_state_dict(run.state["student"])
+
+    # Stage 2: the priors become integer tables once, here, and never change again.
+    student.eval()
+    tables = student.entropy_tables()
+    s2 = cfg.stage2
+    ft_tail = tail
+    if s2.finetune_tail:
+        _, ft_tail = split_model(copy.deepcopy(teacher_model), cfg.teacher.split)
+        for p in ft_tail.parameters():
+            p.requires_grad_(True)
+    if not _phase_done(run, "stage2"):
+        for p in student.encoder.parameters():
+            p.requires_grad_(False)
+        params = list(student.decoder.parameters()) + (list(ft_tail.parameters()) if s2.finetune_tail else [])
+        opt = torch.optim.Adam(params, lr=s2.lr)
+        steps = -(-len(data.train) // s2.batch_size) * s2.epochs
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
+        gen, rng = run.seed_streams("stage2")
+        if run.state["phase"] == "stage2" and run.state["epoch"]:
+            student.load_state_dict(run.state["student"])
+            ft_tail.load_state_dict(run.state["tail"])
+            opt.load_state_dict(run.state["opt"])
+            sched.load_state_dict(run.state["sched"])
+            tables = student.entropy_tables()
+        for epoch in range(run.state["epoch"], s2.epochs):
+            stats = distill.stage2_epoch(
+                student, tables, ft_tail, teacher, data, s2, opt, sched, gen, rng, run.device,
+                f"stage 2 {epoch + 1}/{s2.epochs}", cfg.stage1.random_widths, run.progress,
+            )  # fmt: skip
+            log.info("stage 2 epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in stats.items()})
+            run.state["history"].append({"phase": "stage2", "epoch": epoch + 1, **stats})
+            last = epoch + 1 == s2.epochs
+            run.save(
+                phase="done" if last else "stage2",
+                epoch=0 if last else epoch + 1,
+                student=student.state_dict(),
+                tail=ft_tail.state_dict(),
+                opt=opt.state_dict(),
+                sched=sched.state_dict(),
+                **run.streams_state(gen, rng),
+            )
+    else:
+        student.load_state_dict(run.state["student"])
+        ft_tail.load_state_dict(run.state["tail"])
+        tables = student.entropy_tables()
+    return student.eval(), tables, ft_tail.eval()
+
+
+def _latent_shapes(student: EntropicStudent, spec: InputSpec, device: torch.device) -> list[list[int]]:
+    with torch.no_grad():
+        x = torch.zeros(1, *spec.shape, device=device)
+        return [list(student.encoder(x, w).shape[1:]) for w in range(student.cfg.widths)]
+
+
+def train(cfg: TrainConfig, out_root: Path, work: Path, resume: bool = False, progress: bool = True) -> Bundle:
+    """Train and write ``<out_root>/<name>/<version>/``; returns the evaluated bundle."""
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    run = Run(cfg, work, resume, progress)
+    data = build_data(cfg.data, cfg.seed, str(run.device))
+    spec = _input_spec(cfg)
+    pre = Preprocess(spec).to(run.device)
+    teacher_model = train_teacher(run, data, pre)
+    head, _ = split_model(teacher_model, cfg.teacher.split)
+    feats = feature_shape(head.cpu(), spec.shape)
+    teacher_model.to(run.device)
+    student, tables, tail = train_student(run, data, pre, teacher_model, feats)
+
+    # The bundle
+    dest = out_root / cfg.model.name / cfg.model.version
+    states: dict[str, dict[str, torch.Tensor]] = {"head.pt": student.encoder.state_dict()}
+    tail_state = {f"decoder.{k}": v for k, v in student.decoder.state_dict().items()}
+    if cfg.stage2.finetune_tail:
+        tail_state.update({f"tail.{k}": v for k, v in tail.state_dict().items()})
+    states[TAIL_FILE] = tail_state
+    teacher_weights = cfg.teacher.weights
+    weights_sha = None
+    if teacher_weights.startswith("package:"):
+        weights_sha = sha256_file(resolve_weights(teacher_weights))
+    else:
+        states[TEACHER_FILE] = teacher_model.state_dict()
+        teacher_weights = TEACHER_FILE
+    shapes = _latent_shapes(student, spec, run.device)
+    manifest = {
+        "name": cfg.model.name,
+        "version": cfg.model.version,
+        "task": "classification",
+        "description": cfg.model.description,
+        "sample": cfg.model.sample,
+        "created": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "splitserve": __version__,
+        "input": {"shape": list(spec.shape), "mean": list(spec.mean), "std": list(spec.std)},
+        "labels": data.labels,
+        "teacher": {
+            "family": cfg.teacher.family,
+            "args": cfg.teacher.args,
+            "weights": teacher_weights,
+            "weights_sha256": weights_sha,
+            "split": cfg.teacher.split,
+            "feature_shape": list(feats),
+            "accuracy": None,
+        },
+        "student": student.cfg.to_dict(),
+        "tail": {"finetuned": cfg.stage2.finetune_tail},
+        "widths": [
+            {"index": w, "fraction": f, "channels": shapes[w][0], "latent_shape": shapes[w]}
+            for w, f in enumerate(student.cfg.fractions)
+        ],
+        "codecs": ["entropic", "fp16", "int8", "jpeg", "webp", "png"],
+        "training": {"config": cfg.to_dict(), "history": run.state["history"]},
+    }
+    bundle = write_bundle(dest, manifest, states, tables)
+
+    n = cfg.eval.limit or len(data.test_images)
+    labels = data.test_labels[:n] if data.has_labels else None
+    teacher_summary, results = evaluate_bundle(
+        bundle, data.test_images[:n], labels, cfg.eval.batch_size, progress=progress
+    )
+    manifest = dict(bundle.manifest)
+    manifest["teacher"] = {**manifest["teacher"], "accuracy": teacher_summary["accuracy"]}
+    manifest["evaluation"] = {"frames": n, "teacher": teacher_summary}
+    for r in results:
+        manifest["widths"][r.width].update(
+            bytes_mean=round(r.bytes_mean, 2),
+            bytes_p95=round(r.bytes_p95, 2),
+            accuracy=r.accuracy,
+            agreement=r.agreement,
+            head_ms=round(r.head_ms, 4),
+        )
+    (dest / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return Bundle.load(dest)

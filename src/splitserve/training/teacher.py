@@ -1,0 +1,58 @@
+"""Train a teacher classifier from scratch (for datasets with no pretrained teacher, e.g. Fashion-MNIST)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from splitserve.training.config import TeacherSection
+from splitserve.training.data import TrainData
+
+
+@torch.inference_mode()
+def accuracy(model: nn.Module, pre: nn.Module, data: TrainData, device: torch.device, batch: int = 512) -> float:
+    model.eval()
+    correct = 0
+    for start in range(0, len(data.test_images), batch):
+        x = torch.from_numpy(data.test_images[start : start + batch]).to(device)
+        y = torch.from_numpy(data.test_labels[start : start + batch]).to(device)
+        correct += int((model(pre(x)).argmax(1) == y).sum())
+    return correct / len(data.test_images)
+
+
+def train_epoch(
+    model: nn.Module,
+    pre: nn.Module,
+    data: TrainData,
+    cfg: TeacherSection,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    gen: torch.Generator,
+    device: torch.device,
+    desc: str,
+    progress: bool = True,
+) -> float:
+    model.train()
+    bar = tqdm(total=len(data.train), desc=desc, unit="img", leave=False, disable=not progress)
+    total, seen = 0.0, 0
+    for x, y in data.train.batches(cfg.batch_size, gen):
+        x, y = x.to(device), y.to(device)
+        loss = F.cross_entropy(model(pre(x)), y, label_smoothing=0.05)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        total += loss.item() * len(x)
+        seen += len(x)
+        bar.update(len(x))
+        bar.set_postfix(loss=f"{total / seen:.3f}")
+    bar.close()
+    return total / max(seen, 1)
+
+
+def make_optimizer(model: nn.Module, cfg: TeacherSection, steps: int):
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.15)
+    return opt, sched
