@@ -1,0 +1,255 @@
+"""Edge-server throughput: the raw tail vs the server with batching off vs on.
+
+    python benchmarks/server_throughput.py --model fmnist-split --streams 1,4,16,32,64
+    python benchmarks/server_throughput.py --model lite0-imagenet --streams 1,8,32 --duration 20
+
+For each stream count, a real edge-server process serves real gRPC streams
+driven by several load-generator processes, each stream keeping a window of
+real encoded frames (the bundled model's widest width) in flight. Reported:
+
+  (a) tail   the decoder + tail alone, in a tight loop, at the batch size the
+             batching server reached: the limit
+  (b) off    the server with --max-batch 1
+  (c) on     the server with dynamic batching (--max-batch 64, --max-delay-ms 2)
+
+frames/s, server p50 / p99 latency (from each Result's timings), mean batch,
+and where the time goes per frame: decode, queue, tail, and the rest (gRPC,
+routing, result building). Server CPU per frame comes from /proc. Prints a
+table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# -- load generator (runs as a subprocess: --worker) -------------------------------
+async def _worker(server: str, model: str, streams: int, window: int, duration: float, out: Path) -> None:
+    import grpc
+
+    from splitserve.data.samples import load_sample
+    from splitserve.models.zoo import load
+    from splitserve.proto import edge_inference_pb2 as pb
+    from splitserve.proto import edge_inference_pb2_grpc as pb_grpc
+
+    bundle = load(model)
+    images, _ = load_sample(bundle.manifest.get("sample") or "")
+    width = bundle.student.widths - 1
+    import torch
+
+    with torch.inference_mode():
+        head, enc = bundle.device_stage("entropic", width), bundle.encoder_for("entropic", width)
+        payloads = [enc.encode(head(bundle.preprocess()(torch.from_numpy(img[None])))[0]) for img in images[:32]]
+    shape = list(bundle.latent_shape(width))
+    records: list[tuple[float, float, float, float, int]] = []
+    stop = time.monotonic() + duration
+
+    async def one_stream(channel, s: int) -> None:  # type: ignore[no-untyped-def]
+        stub = pb_grpc.EdgeInferenceStub(channel)
+        call = stub.Stream()
+        sent = 0
+
+        async def send() -> None:
+            nonlocal sent
+            frame = pb.Frame(frame_id=sent, model=bundle.name, codec="entropic", width=width,
+                             payload=payloads[(s + sent) % len(payloads)], shape=shape)  # fmt: skip
+            sent += 1
+            await call.write(frame)
+
+        for _ in range(window):
+            await send()
+        async for r in call:
+            t = r.timings
+            records.append((t.total_ms, t.decode_ms, t.queue_ms, t.tail_ms, t.batch_size))
+            if time.monotonic() < stop:
+                await send()
+            elif len(records) and sent == r.frame_id + 1:
+                break
+        await call.done_writing()
+
+    async with grpc.aio.insecure_channel(server) as channel:
+        await asyncio.wait_for(channel.channel_ready(), 30)
+        await asyncio.gather(*(one_stream(channel, s) for s in range(streams)))
+    out.write_text(json.dumps(records))
+
+
+# -- the benchmark ----------------------------------------------------------------
+def tail_loop(model: str, batch: int, seconds: float = 3.0) -> dict:
+    """(a): decoder + tail alone, in a tight loop at this batch size, in this process."""
+    import torch
+
+    from splitserve.models.zoo import load
+
+    bundle = load(model)
+    width = bundle.student.widths - 1
+    stage = bundle.server_stage("entropic", width)
+    x = torch.randn(batch, *bundle.latent_shape(width))
+    with torch.inference_mode():
+        stage(x)
+        n, t0, c0 = 0, time.perf_counter(), time.process_time()
+        while time.perf_counter() - t0 < seconds:
+            stage(x)
+            n += batch
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"frames_per_s": n / wall, "cpu_ms_per_frame": cpu / n * 1e3, "batch": batch}
+
+
+def serve_and_load(model: str, streams: int, batching: bool, duration: float, window: int, procs: int) -> dict:
+    port = _free_port()
+    args = ["--max-batch", "64", "--max-delay-ms", "2"] if batching else ["--max-batch", "1"]
+    server = subprocess.Popen(
+        [str(BIN / "edge-server"), "--host", "127.0.0.1", "--port", str(port), "--max-inflight-per-stream", "256",
+         "--max-queue", "4096", "--log-level", "warning", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        _wait_health(port, server)
+        per_proc = [streams // procs + (1 if i < streams % procs else 0) for i in range(procs)]
+        per_proc = [n for n in per_proc if n]
+        outs = [Path(f"/tmp/ss-load-{port}-{i}.json") for i in range(len(per_proc))]
+        cpu0 = _cpu_seconds(server.pid)
+        t0 = time.perf_counter()
+        workers = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    "--server",
+                    f"127.0.0.1:{port}",
+                    "--model",
+                    model,
+                    "--streams",
+                    str(n),
+                    "--window",
+                    str(window),
+                    "--duration",
+                    str(duration),
+                    "--out",
+                    str(out),
+                ]
+            )  # fmt: skip
+            for n, out in zip(per_proc, outs, strict=True)
+        ]
+        for w in workers:
+            w.wait(duration + 300)
+        wall = time.perf_counter() - t0
+        cpu = _cpu_seconds(server.pid) - cpu0
+        records = np.array([r for out in outs for r in json.loads(out.read_text())])
+        for out in outs:
+            out.unlink(missing_ok=True)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)
+    # the workers spend their first seconds loading the model: count frames over the load window only
+    frames = len(records)
+    total, decode, queue, tail, batch = (records[:, i] for i in range(5))
+    tail_per_frame = tail / np.maximum(batch, 1)
+    return {
+        "streams": streams,
+        "frames": frames,
+        "frames_per_s": frames / duration,
+        "latency_ms": {"p50": float(np.percentile(total, 50)), "p99": float(np.percentile(total, 99))},
+        "mean_batch": float(batch.mean()),
+        "per_frame_ms": {
+            "decode": float(decode.mean()),
+            "queue": float(queue.mean()),
+            "tail": float(tail_per_frame.mean()),
+            "rest": float((total - decode - queue - tail).mean()),
+        },  # fmt: skip
+        "server_cpu_ms_per_frame": cpu / frames * 1e3 if frames else None,
+        "wall_s": wall,
+    }
+
+
+def _wait_health(port: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"edge-server exited: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+                health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                return
+        except grpc.RpcError:
+            time.sleep(0.3)
+    raise TimeoutError("edge-server did not come up")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="fmnist-split")
+    p.add_argument("--streams", default="1,4,16,32,64")
+    p.add_argument("--duration", type=float, default=8.0, help="seconds of load per point")
+    p.add_argument("--window", type=int, default=2, help="frames in flight per stream")
+    p.add_argument("--procs", type=int, default=2, help="load-generator processes")
+    p.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "server_throughput.json")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--server", help=argparse.SUPPRESS)
+    p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        asyncio.run(_worker(args.server, args.model, int(args.streams), args.window, args.duration, args.out))
+        return 0
+    rows = []
+    for n in [int(s) for s in args.streams.split(",")]:
+        off = serve_and_load(args.model, n, False, args.duration, args.window, args.procs)
+        on = serve_and_load(args.model, n, True, args.duration, args.window, args.procs)
+        limit = tail_loop(args.model, max(1, round(on["mean_batch"])))
+        rows.append({"streams": n, "tail": limit, "off": off, "on": on})
+        print(f"streams {n:>3}: tail {limit['frames_per_s']:8.0f}/s (batch {limit['batch']}) | off "
+              f"{off['frames_per_s']:7.0f}/s | on {on['frames_per_s']:7.0f}/s (batch {on['mean_batch']:.1f})",
+              flush=True)  # fmt: skip
+    print()
+    head = (f"{'streams':>7} {'tail f/s':>9} {'off f/s':>8} {'on f/s':>8} {'on/tail':>8} {'on/off':>7} "
+            f"{'on p50':>7} {'on p99':>7} {'batch':>6} {'decode':>7} {'queue':>7} {'tail':>7} {'rest':>7} "
+            f"{'cpu/frame':>9} {'overhead':>9}")  # fmt: skip
+    print(head + "\n" + "-" * len(head))
+    for r in rows:
+        on, off, lim = r["on"], r["off"], r["tail"]
+        pf = on["per_frame_ms"]
+        overhead = on["server_cpu_ms_per_frame"] - lim["cpu_ms_per_frame"]
+        r["on"]["overhead_cpu_ms_per_frame"] = overhead
+        print(f"{r['streams']:>7} {lim['frames_per_s']:>9.0f} {off['frames_per_s']:>8.0f} {on['frames_per_s']:>8.0f} "
+              f"{on['frames_per_s'] / lim['frames_per_s']:>8.2f} {on['frames_per_s'] / off['frames_per_s']:>7.2f} "
+              f"{on['latency_ms']['p50']:>7.2f} {on['latency_ms']['p99']:>7.2f} {on['mean_batch']:>6.1f} "
+              f"{pf['decode']:>7.3f} {pf['queue']:>7.3f} {pf['tail']:>7.3f} {pf['rest']:>7.3f} "
+              f"{on['server_cpu_ms_per_frame']:>9.3f} {overhead:>9.3f}")  # fmt: skip
+    print(
+        "\nper-frame ms columns are means over every result; cpu/frame is the server process's CPU time per "
+        "frame; overhead = cpu/frame - the tail's own CPU per frame at that batch size"
+    )
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"model": args.model, "rows": rows}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

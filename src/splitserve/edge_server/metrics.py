@@ -1,0 +1,64 @@
+"""Prometheus metrics, all prefixed ``splitserve_``; labels model, version, width, status only.
+
+``width`` is the width index for entropic frames and the path name ("features",
+"image") for the raw-feature and image baselines, so label cardinality stays
+bounded by what the repository serves: frames naming unknown models count
+under model="unknown", never under the name a client made up.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+UNKNOWN = "unknown"
+
+
+class ServerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        labels = ("model", "version", "width")
+        self.frames_received = Counter(
+            "splitserve_frames_received", "Frames read off streams and unary calls", labels, registry=r
+        )
+        self.frames_completed = Counter(
+            "splitserve_frames_completed", "Frames answered, by result status", (*labels, "status"), registry=r
+        )
+        self.bytes_received = Counter("splitserve_bytes_received", "Payload bytes received", labels, registry=r)
+        self.latency = Histogram(
+            "splitserve_server_latency_seconds", "Frame received -> result ready, on the server",
+            labels, buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queue = Histogram(
+            "splitserve_queue_seconds", "Time a decoded frame waited for its batch to start",
+            labels, buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.decode = Histogram(
+            "splitserve_decode_seconds", "Payload decoding time per frame", labels, buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )  # fmt: skip
+        self.tail = Histogram(
+            "splitserve_tail_seconds", "Decoder + tail compute time per batch", labels, buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "splitserve_batch_size", "Frames per batch run on the device", labels, buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.inflight = Gauge("splitserve_inflight_frames", "Frames accepted and not yet answered", registry=r)
+        self.streams = Gauge("splitserve_active_streams", "Open Stream calls", registry=r)
+        self.model_loads = Counter(
+            "splitserve_model_loads", "Model bundle load attempts, by result (ok / refused)",
+            ("model", "version", "status"), registry=r,
+        )  # fmt: skip
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> None:
+        start_http_server(port, addr=host, registry=self.registry)
+
+    def model_loaded(self, name: str, version: str, ok: bool) -> None:
+        self.model_loads.labels(name, version, "ok" if ok else "refused").inc()
+
+    def batch_done(self, model: str, version: str, width: str, size: int, tail_s: float) -> None:
+        self.batch_size.labels(model, version, width).observe(size)
+        self.tail.labels(model, version, width).observe(tail_s)

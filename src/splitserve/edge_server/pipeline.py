@@ -1,0 +1,148 @@
+"""One frame through the server: resolve the model, decode the payload, batch, answer.
+
+    Frame -> model version -> decode (thread pool) -> batcher -> tail -> Result
+
+Whatever goes wrong with a frame becomes that frame's Result status; nothing
+here raises past ``infer`` except cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from splitserve.codecs import CodecError
+from splitserve.edge_server.batcher import Outcome, Overloaded
+from splitserve.edge_server.config import ServerConfig
+from splitserve.edge_server.metrics import UNKNOWN, ServerMetrics
+from splitserve.edge_server.repository import ModelRepository, UnknownModel
+from splitserve.edge_server.runner import stage_key
+from splitserve.proto import edge_inference_pb2 as pb
+
+log = logging.getLogger("splitserve.server")
+Status = pb.Result.Status
+STATUS_NAMES = {v: k for k, v in Status.items()}
+
+
+def width_label(codec: str, width: int) -> str:
+    """The metrics' width label: the width index, or the baseline path ("features" / "image")."""
+    key = stage_key(codec, width)
+    return key[1:] if key.startswith("w") else key
+
+
+class InferencePipeline:
+    def __init__(self, repository: ModelRepository, cfg: ServerConfig, decode_pool: ThreadPoolExecutor) -> None:
+        self.repository = repository
+        self.cfg = cfg
+        self.decode_pool = decode_pool
+        self.metrics: ServerMetrics | None = None  # set by the server when metrics are on
+
+    async def infer(self, frame: pb.Frame, received_us: int, t0: float) -> pb.Result:
+        """The Result for one frame. ``t0`` is time.perf_counter() when it was read off the wire."""
+        m = self.metrics
+        if m is None:
+            return (await self._infer(frame, received_us, t0))[0]
+        m.inflight.inc()
+        try:
+            result, labels = await self._infer(frame, received_us, t0)
+        finally:
+            m.inflight.dec()
+        m.frames_received.labels(*labels).inc()
+        m.bytes_received.labels(*labels).inc(len(frame.payload))
+        m.frames_completed.labels(*labels, STATUS_NAMES.get(result.status, "INTERNAL")).inc()
+        t = result.timings
+        m.latency.labels(*labels).observe(t.total_ms / 1e3)
+        if result.status == Status.OK:
+            m.decode.labels(*labels).observe(t.decode_ms / 1e3)
+            m.queue.labels(*labels).observe(t.queue_ms / 1e3)
+        return result
+
+    def _fail(self, frame: pb.Frame, status: int, error: str, received_us: int, t0: float) -> pb.Result:
+        return pb.Result(
+            frame_id=frame.frame_id,
+            status=status,
+            error=error,
+            model=frame.model,
+            version=frame.version,
+            width=frame.width,
+            tags=frame.tags,
+            timings=pb.ServerTimings(received_unix_us=received_us, total_ms=(time.perf_counter() - t0) * 1e3),
+        )
+
+    async def _infer(self, frame: pb.Frame, received_us: int, t0: float) -> tuple[pb.Result, tuple[str, str, str]]:
+        """(Result, metric labels). Labels only ever name what the repository serves."""
+        received_mono = time.monotonic() - (time.perf_counter() - t0)
+        try:
+            served = self.repository.resolve(frame.model, frame.version, frame.bundle_sha256)
+        except UnknownModel as exc:
+            return self._fail(frame, Status.UNKNOWN_MODEL, str(exc), received_us, t0), (UNKNOWN, UNKNOWN, UNKNOWN)
+        bundle = served.bundle
+        codec, width = frame.codec, frame.width
+        labels = (bundle.name, bundle.version, "invalid")
+        if codec not in bundle.codecs:
+            return self._fail(
+                frame, Status.INVALID_FRAME,
+                f"codec {codec!r} is not served for {bundle.name}; codecs: {', '.join(bundle.codecs)}",
+                received_us, t0,
+            ), labels  # fmt: skip
+        if codec != "entropic":
+            width = 0
+        elif not 0 <= width < bundle.student.widths:
+            return self._fail(
+                frame, Status.INVALID_FRAME,
+                f"width {width} does not exist for {bundle.name}:{bundle.version} "
+                f"(widths 0..{bundle.student.widths - 1})",
+                received_us, t0,
+            ), labels  # fmt: skip
+        labels = (bundle.name, bundle.version, width_label(codec, width))
+        if len(frame.payload) > self.cfg.max_frame_bytes:
+            return self._fail(
+                frame, Status.INVALID_FRAME,
+                f"payload of {len(frame.payload)} bytes exceeds this server's limit of {self.cfg.max_frame_bytes}",
+                received_us, t0,
+            ), labels  # fmt: skip
+
+        decoder = served.decoder(codec, width)
+        shape = tuple(frame.shape)
+        td = time.perf_counter()
+        try:
+            tensor = await asyncio.get_running_loop().run_in_executor(
+                self.decode_pool, decoder.decode, frame.payload, shape
+            )
+        except CodecError as exc:
+            return self._fail(frame, Status.INVALID_FRAME, str(exc), received_us, t0), labels
+        decode_ms = (time.perf_counter() - td) * 1e3
+
+        deadline = received_mono + frame.deadline_ms / 1000.0 if frame.deadline_ms else None
+        top_k = frame.top_k or self.cfg.default_top_k
+        try:
+            outcome: Outcome = await served.batcher(codec, width).submit(tensor, top_k, deadline)
+        except Overloaded as exc:
+            result = self._fail(frame, Status.OVERLOADED, f"server overloaded: {exc}; retry later", received_us, t0)
+            return result, labels
+
+        names = bundle.labels
+        result = pb.Result(
+            frame_id=frame.frame_id,
+            status=outcome.status,
+            error=outcome.error,
+            model=bundle.name,
+            version=bundle.version,
+            width=width,
+            tags=frame.tags,
+            top_k=[
+                pb.ClassScore(index=i, label=names[i] if i < len(names) else str(i), score=s)
+                for i, s in zip(outcome.indices, outcome.scores, strict=True)
+            ],
+            timings=pb.ServerTimings(
+                received_unix_us=received_us,
+                decode_ms=decode_ms,
+                queue_ms=outcome.queue_ms,
+                tail_ms=outcome.tail_ms,
+                batch_size=outcome.batch_size,
+                total_ms=(time.perf_counter() - t0) * 1e3,
+            ),
+        )
+        return result, labels

@@ -1,0 +1,159 @@
+"""The edge server process: gRPC (with health and reflection), the model repository, graceful drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from splitserve.edge_server.auth import TokenAuthInterceptor, load_tokens
+from splitserve.edge_server.config import ServerConfig
+from splitserve.edge_server.metrics import ServerMetrics
+from splitserve.edge_server.pipeline import InferencePipeline
+from splitserve.edge_server.repository import ModelRepository
+from splitserve.edge_server.runner import DeviceWorker, resolve_device
+from splitserve.edge_server.service import EdgeInferenceService
+from splitserve.proto import edge_inference_pb2 as pb
+from splitserve.proto import edge_inference_pb2_grpc as pb_grpc
+
+log = logging.getLogger("splitserve.server")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EdgeInference"].full_name
+
+
+def channel_options(cfg: ServerConfig) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", cfg.max_message_bytes),
+        ("grpc.max_send_message_length", cfg.max_message_bytes),
+        # Mobile devices sleep and roam: let them keep idle streams alive with pings.
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_ping_strikes", 0),
+    ]
+
+
+class EdgeServer:
+    def __init__(self, cfg: ServerConfig, batching_overrides: dict | None = None) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.worker = DeviceWorker(self.device)
+        self.decode_pool = ThreadPoolExecutor(cfg.decode_threads, thread_name_prefix="decode")
+        root = Path(cfg.models) if cfg.models else None
+        self.repository = ModelRepository(root, self.worker, cfg.batching, batching_overrides or {})
+        self.pipeline = InferencePipeline(self.repository, cfg, self.decode_pool)
+        self.service = EdgeInferenceService(self.pipeline, self.repository, cfg.max_inflight_per_stream)
+        self.service.max_streams = cfg.max_streams
+        self.health = health.aio.HealthServicer()
+        self.metrics = ServerMetrics() if cfg.metrics_port else None
+        if self.metrics is not None:
+            self.pipeline.metrics = self.metrics
+            self.service.metrics = self.metrics
+            self.repository.metrics = self.metrics
+        self.interceptors = []
+        if cfg.tokens:
+            tokens = load_tokens(cfg.tokens)
+            self.interceptors.append(TokenAuthInterceptor(tokens, cfg.public_health))
+            log.info("bearer-token auth on (%d tokens%s)", len(tokens), "; health public" if cfg.public_health else "")
+        self.server: grpc.aio.Server | None = None
+        self.port = cfg.port
+        self._stopped = asyncio.Event()
+        self._poller: asyncio.Task | None = None
+
+    async def _set_health(self, status: int) -> None:
+        for name in ("", SERVICE_NAME):
+            result = self.health.set(name, status)
+            if asyncio.iscoroutine(result):
+                await result
+
+    async def start(self) -> None:
+        if self.cfg.models and not Path(self.cfg.models).is_dir():
+            raise FileNotFoundError(f"--models {self.cfg.models}: no such directory")
+        await self.repository.scan()
+        if self.repository.empty:
+            raise RuntimeError(f"no servable model bundles under {self.repository.root}")
+        self.server = grpc.aio.server(options=channel_options(self.cfg), interceptors=self.interceptors)
+        pb_grpc.add_EdgeInferenceServicer_to_server(self.service, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection([SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
+        address = f"{self.cfg.host}:{self.cfg.port}"
+        credentials = self._tls_credentials()
+        if credentials is not None:
+            self.port = self.server.add_secure_port(address, credentials)
+        else:
+            self.port = self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise RuntimeError(f"cannot listen on {address}")
+        await self.server.start()
+        if self.metrics is not None:
+            self.metrics.serve(self.cfg.metrics_port, self.cfg.metrics_host)
+            log.info("metrics on http://%s:%d/metrics", self.cfg.metrics_host, self.cfg.metrics_port)
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        if self.cfg.poll_interval > 0:
+            self._poller = asyncio.create_task(self._poll())
+        models = ", ".join(f"{m.bundle.name}:{m.bundle.version}" for m in self.repository.models())
+        log.info("edge-server listening on %s:%d (device %s; models %s)", self.cfg.host, self.port, self.device, models)
+
+    def _tls_credentials(self) -> grpc.ServerCredentials | None:
+        if not self.cfg.tls_cert:
+            return None
+        key = Path(self.cfg.tls_key).read_bytes()
+        cert = Path(self.cfg.tls_cert).read_bytes()
+        client_ca = Path(self.cfg.tls_client_ca).read_bytes() if self.cfg.tls_client_ca else None
+        log.info("TLS on%s", " with client certificates required (mutual TLS)" if client_ca else "")
+        return grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+        )
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.poll_interval)
+            try:
+                await self.repository.scan()
+            except Exception:  # a bad scan must not stop future scans
+                log.exception("model repository scan failed")
+
+    async def drain_and_stop(self) -> None:
+        """Stop taking work, answer everything accepted, then stop (bounded by drain_timeout)."""
+        if self.server is None or self._stopped.is_set():
+            return
+        log.info("draining: no new streams; answering frames in flight (up to %.0f s)", self.cfg.drain_timeout)
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._poller:
+            self._poller.cancel()
+        self.service.draining.set()
+        for session in list(self.service.sessions):
+            session.begin_drain()
+        try:
+            await asyncio.wait_for(self._drained(), self.cfg.drain_timeout)
+        except TimeoutError:
+            log.warning("drain timeout: %d streams still open", len(self.service.sessions))
+        await self.server.stop(grace=2.0)
+        for batcher in self.repository.batchers():
+            await batcher.close()
+        self.worker.shutdown()
+        self.decode_pool.shutdown(wait=False, cancel_futures=True)
+        self._stopped.set()
+        log.info("edge-server stopped")
+
+    async def _drained(self) -> None:
+        while any(s.inflight for s in self.service.sessions) or self.service.sessions:
+            await asyncio.sleep(0.02)
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+
+async def serve(cfg: ServerConfig, batching_overrides: dict | None = None) -> None:
+    server = EdgeServer(cfg, batching_overrides)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(server.drain_and_stop()))
+    await server.wait()

@@ -1,0 +1,113 @@
+"""The gRPC handlers of splitserve.v1.EdgeInference: thin, they delegate to the session and repository."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from splitserve.edge_server.pipeline import InferencePipeline
+from splitserve.edge_server.repository import ModelRepository, UnknownModel
+from splitserve.edge_server.session import StreamSession
+from splitserve.models.bundle import Bundle
+from splitserve.proto import edge_inference_pb2 as pb
+from splitserve.proto import edge_inference_pb2_grpc as pb_grpc
+
+CHUNK_BYTES = 64 * 1024
+
+
+def manifest_message(bundle: Bundle) -> pb.ModelManifest:
+    m = bundle.manifest
+    return pb.ModelManifest(
+        name=bundle.name,
+        version=bundle.version,
+        task=str(m.get("task", "")),
+        input_shape=list(bundle.input.shape),
+        labels=bundle.labels,
+        widths=[
+            pb.WidthInfo(
+                index=int(w["index"]),
+                fraction=float(w["fraction"]),
+                channels=int(w["channels"]),
+                latent_shape=[int(s) for s in w["latent_shape"]],
+                bytes_mean=float(w.get("bytes_mean") or 0.0),
+                accuracy=float(w.get("accuracy") or w.get("agreement") or 0.0),
+            )
+            for w in bundle.widths
+        ],
+        codecs=bundle.codecs,
+        files=[pb.FileInfo(path=k, sha256=v["sha256"], size=int(v["size"])) for k, v in m["files"].items()],
+        bundle_sha256=bundle.sha256,
+        manifest_json=json.dumps(m, sort_keys=True),
+    )
+
+
+class EdgeInferenceService(pb_grpc.EdgeInferenceServicer):
+    def __init__(self, pipeline: InferencePipeline, repository: ModelRepository, max_inflight: int) -> None:
+        self.pipeline = pipeline
+        self.repository = repository
+        self.max_inflight = max_inflight
+        self.draining = asyncio.Event()
+        self.sessions: set[StreamSession] = set()
+        self.max_streams: int | None = None
+        self.metrics = None  # ServerMetrics, when on
+
+    async def Stream(self, request_iterator, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Result]:
+        if self.draining.is_set():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+        if self.max_streams is not None and len(self.sessions) >= self.max_streams:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"this server already has {len(self.sessions)} streams open"
+            )
+        session = StreamSession(self.pipeline, self.max_inflight, self.draining)
+        self.sessions.add(session)
+        if self.metrics is not None:
+            self.metrics.streams.inc()
+        try:
+            async for result in session.results(request_iterator):
+                yield result
+        finally:
+            self.sessions.discard(session)
+            if self.metrics is not None:
+                self.metrics.streams.dec()
+
+    async def Infer(self, request: pb.Frame, context: grpc.aio.ServicerContext) -> pb.Result:
+        t0 = time.perf_counter()
+        if self.draining.is_set():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+        return await self.pipeline.infer(request, time.time_ns() // 1000, t0)
+
+    async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(
+            models=[manifest_message(m.bundle) for m in self.repository.models(request.all_versions)]
+        )
+
+    async def GetModel(self, request: pb.GetModelRequest, context) -> pb.ModelManifest:
+        try:
+            return manifest_message(self.repository.resolve(request.name, request.version).bundle)
+        except UnknownModel as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+
+    async def GetHead(self, request: pb.GetHeadRequest, context) -> AsyncIterator[pb.Chunk]:
+        try:
+            bundle = self.repository.resolve(request.name, request.version).bundle
+        except UnknownModel as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        files = bundle.manifest["files"]
+        for name in bundle.device_files():
+            data = await asyncio.to_thread((bundle.path / name).read_bytes)
+            sha = files[name]["sha256"] if name in files else bundle.sha256
+            for offset in range(0, max(len(data), 1), CHUNK_BYTES):
+                last = offset + CHUNK_BYTES >= len(data)
+                yield pb.Chunk(
+                    path=name,
+                    offset=offset,
+                    total_size=len(data),
+                    data=data[offset : offset + CHUNK_BYTES],
+                    sha256=sha if last else "",
+                    last=last,
+                    version=bundle.version,
+                )
