@@ -1,0 +1,494 @@
+"""SplitClient: run the head here, the tail on an edge server, over one gRPC stream.
+
+    with SplitClient("edge.local:50051", "fmnist-split", policy="adaptive", deadline_ms=150) as client:
+        prediction = client.infer(frame)          # uint8 (H, W, C)
+        print(prediction.label, prediction.latency_ms, prediction.width)
+
+``AsyncSplitClient`` is the same for asyncio code. Several ``infer`` calls may be
+in flight at once: the head of the next frame runs while the previous one is on
+the wire, and results are matched to frames by id (they may return out of order).
+
+Every frame ends with exactly one Prediction. If the stream breaks, the client
+reconnects with exponential backoff and jitter; frames that were in flight are
+sent again on the new stream while their deadline allows, and otherwise end as
+FAILED with the reason. A frame never disappears silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import logging
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import numpy as np
+import torch
+
+from splitserve.codecs import IMAGE_CODECS
+from splitserve.device_client.bandwidth import BandwidthMonitor
+from splitserve.device_client.bundles import fetch_head, local_bundle
+from splitserve.device_client.channel import ChannelSettings, aio_channel
+from splitserve.device_client.head import EncodedFrame, HeadRunner
+from splitserve.device_client.policy import AdaptivePolicy, Decision, Policy, WidthCost, make_policy
+from splitserve.models.bundle import Bundle
+from splitserve.models.zoo import DEFAULT_MODEL
+from splitserve.proto import edge_inference_pb2 as pb
+from splitserve.proto import edge_inference_pb2_grpc as pb_grpc
+
+log = logging.getLogger("splitserve.device")
+STATUS_NAMES = {v: k for k, v in pb.Result.Status.items()}
+# HTTP/2 DATA frame header + gRPC length prefix around each message
+GRPC_FRAMING = 9 + 5
+# what a Frame message adds around its payload: ids, model name, bundle sha256, shape, ...
+FRAME_OVERHEAD = 140
+
+
+def wire_bytes(frame: pb.Frame) -> int:
+    """Bytes a frame puts on the link (TCP payload), payload and message framing included."""
+    return frame.ByteSize() + GRPC_FRAMING
+
+
+class ClientError(RuntimeError):
+    """The client cannot reach or use the server; the message says what to check."""
+
+
+@dataclass
+class ClassScore:
+    index: int
+    label: str
+    score: float
+
+
+@dataclass
+class Prediction:
+    frame_id: int
+    status: str  # a Result status name, or FAILED when the frame never got a result
+    top_k: list[ClassScore] = field(default_factory=list)
+    codec: str = ""
+    width: int = 0
+    payload_bytes: int = 0
+    head_ms: float = 0.0  # device compute (head + encoding, or the whole model when local)
+    latency_ms: float = 0.0  # from infer() to the result, head included
+    server: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+    local: bool = False  # computed on the device, no server involved
+    attempts: int = 0  # times the frame was sent (more than 1 after a reconnect)
+    bandwidth_bps: float | None = None  # the link estimate when the frame was planned
+    rtt_ms: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "OK"
+
+    @property
+    def index(self) -> int | None:
+        return self.top_k[0].index if self.top_k else None
+
+    @property
+    def label(self) -> str | None:
+        return self.top_k[0].label if self.top_k else None
+
+
+def _timings(t: pb.ServerTimings) -> dict[str, float]:
+    return {
+        "decode_ms": t.decode_ms,
+        "queue_ms": t.queue_ms,
+        "tail_ms": t.tail_ms,
+        "total_ms": t.total_ms,
+        "batch_size": float(t.batch_size),
+    }
+
+
+@dataclass
+class _InFlight:
+    frame: pb.Frame
+    future: asyncio.Future
+    deadline: float  # monotonic time after which a resend is pointless
+    sent_at: float = 0.0
+    attempts: int = 0
+
+
+class AsyncSplitClient:
+    def __init__(
+        self,
+        server: str,
+        model: str = DEFAULT_MODEL,
+        *,
+        version: str = "",
+        channel: ChannelSettings | None = None,
+        fetch: bool = False,
+        codec: str = "entropic",
+        width: int = -1,
+        policy: str | Policy | None = None,
+        deadline_ms: int = 0,
+        top_k: int = 5,
+        image_quality: int = 75,
+        head_threads: int | None = None,
+        slowdown: float = 1.0,
+        connect_timeout: float = 15.0,
+        max_backoff_s: float = 5.0,
+        give_up_s: float = 30.0,
+    ) -> None:
+        self.settings = channel or ChannelSettings(target=server)
+        self.settings.target = server
+        self.model = model
+        self.version = version
+        self.fetch = fetch
+        self.codec = codec
+        self.width = width
+        self.policy_spec = policy
+        self.deadline_ms = deadline_ms
+        self.top_k = top_k
+        self.image_quality = image_quality
+        self.head_threads = head_threads
+        self.slowdown = max(1.0, float(slowdown))
+        self.connect_timeout = connect_timeout
+        self.max_backoff_s = max_backoff_s
+        self.give_up_s = give_up_s
+        self.late_grace_s = 5.0
+        self.bundle: Bundle | None = None
+        self.head: HeadRunner | None = None
+        self.policy: Policy | None = None
+        self.monitor = BandwidthMonitor()
+        self.reconnects = 0
+        self._ids = itertools.count(1)
+        self._inflight: dict[int, _InFlight] = {}
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: pb_grpc.EdgeInferenceStub | None = None
+        self._call = None
+        self._connected = asyncio.Event()
+        self._closing = False
+        self._supervisor: asyncio.Task | None = None
+        self._write_lock = asyncio.Lock()
+        self._head_pool = ThreadPoolExecutor(1, thread_name_prefix="head")
+
+    async def __aenter__(self) -> AsyncSplitClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    # -- connection --------------------------------------------------------
+    async def connect(self) -> None:
+        """Reach the server, get the bundle (local, or GetHead), open the stream."""
+        self._channel = aio_channel(self.settings)
+        self._stub = pb_grpc.EdgeInferenceStub(self._channel)
+        try:
+            await asyncio.wait_for(self._channel.channel_ready(), self.connect_timeout)
+        except TimeoutError:
+            await self._channel.close()
+            raise ClientError(
+                f"cannot reach the edge server at {self.settings.target} within {self.connect_timeout:.0f} s"
+            ) from None
+        bundle = None if self.fetch else local_bundle(self.model, self.version)
+        if bundle is None:
+            try:
+                bundle = await fetch_head(self._stub, self.model, self.version, self.settings.metadata())
+            except grpc.aio.AioRpcError as exc:
+                raise ClientError(f"cannot fetch the head of {self.model!r}: {exc.details()}") from None
+        self.bundle = bundle
+        self.head = HeadRunner(bundle, self.head_threads)
+        self.policy = self._make_policy()
+        self._supervisor = asyncio.create_task(self._supervise(), name="splitclient-stream")
+
+    def _make_policy(self) -> Policy | None:
+        spec = self.policy_spec
+        if spec is None or isinstance(spec, Policy):
+            return spec
+        assert self.bundle is not None and self.head is not None
+        costs = [
+            WidthCost(
+                bytes=float(w.get("bytes_mean") or 1000.0) + FRAME_OVERHEAD,
+                head_ms=float(w.get("head_ms") or 1.0) * self.slowdown,
+            )
+            for w in self.bundle.widths
+        ]
+        local_ms = None
+        if self.bundle.has_file("teacher.pt") or str(self.bundle.teacher_spec.get("weights", "")).startswith(
+            "package:"
+        ):
+            local_ms = self.measure_local_ms()
+        return make_policy(spec, costs, local_ms)
+
+    def measure_local_ms(self, repeat: int = 5) -> float:
+        """Local-only inference time on this device (slowdown applied), for the policy's fallback."""
+        assert self.head is not None and self.bundle is not None
+        frame = torch.zeros(self.bundle.input.image_shape, dtype=torch.uint8)
+        self.head.local(frame)
+        return float(np.median([self.head.local(frame)[1] for _ in range(repeat)])) * self.slowdown
+
+    async def _supervise(self) -> None:
+        """Keep one stream open: reopen it with backoff and jitter whenever it breaks."""
+        assert self._stub is not None
+        attempt = 0
+        while not self._closing:
+            call = self._stub.Stream(metadata=self.settings.metadata(), wait_for_ready=True)
+            self._call = call
+            self._connected.set()
+            await self._resend_pending(call)
+            reason, answered = await self._read(call)
+            self._connected.clear()
+            if self._closing:
+                break
+            attempt = 0 if answered else attempt + 1
+            self._fail_or_keep_inflight(reason)
+            delay = min(self.max_backoff_s, 0.1 * 2**attempt) * random.uniform(0.5, 1.0)
+            log.warning("stream to %s broke (%s); reconnecting in %.2f s", self.settings.target, reason, delay)
+            self.reconnects += 1
+            await asyncio.sleep(delay)
+        self._fail_all("the client closed")
+
+    async def _read(self, call) -> tuple[str, bool]:  # type: ignore[no-untyped-def]
+        answered = False
+        try:
+            async for result in call:
+                answered = True
+                self._on_result(result)
+            return "the server ended the stream", answered
+        except grpc.aio.AioRpcError as exc:
+            return f"{exc.code().name}: {exc.details()}", answered
+        except asyncio.CancelledError:
+            return "cancelled", answered
+
+    def _on_result(self, result: pb.Result) -> None:
+        entry = self._inflight.pop(result.frame_id, None)
+        if entry is None or entry.future.done():
+            return  # a duplicate answer to a resent frame: the first one counted
+        entry.future.set_result(result)
+        if result.status == pb.Result.Status.OK:
+            elapsed_ms = (time.monotonic() - entry.sent_at) * 1e3
+            self.monitor.add(wire_bytes(entry.frame), elapsed_ms, result.timings.total_ms)
+            if isinstance(self.policy, AdaptivePolicy):
+                self.policy.observe_server(result.timings.total_ms)
+
+    def _fail_or_keep_inflight(self, reason: str) -> None:
+        now = time.monotonic()
+        for frame_id, entry in list(self._inflight.items()):
+            if now >= entry.deadline:
+                self._inflight.pop(frame_id)
+                if not entry.future.done():
+                    entry.future.set_exception(ClientError(f"link lost before the result arrived ({reason})"))
+
+    def _fail_all(self, reason: str) -> None:
+        for entry in self._inflight.values():
+            if not entry.future.done():
+                entry.future.set_exception(ClientError(reason))
+        self._inflight.clear()
+
+    async def _resend_pending(self, call) -> None:  # type: ignore[no-untyped-def]
+        for entry in list(self._inflight.values()):
+            await self._write(call, entry)
+
+    async def _write(self, call, entry: _InFlight) -> None:  # type: ignore[no-untyped-def]
+        entry.attempts += 1
+        entry.sent_at = time.monotonic()
+        try:
+            async with self._write_lock:
+                await call.write(entry.frame)
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
+            pass  # the stream broke: the supervisor resends or fails the frame
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    # -- frames ------------------------------------------------------------
+    async def encode(self, image: np.ndarray | torch.Tensor, codec: str, width: int) -> EncodedFrame:
+        assert self.head is not None, "call connect() first"
+        loop = asyncio.get_running_loop()
+        enc = await loop.run_in_executor(self._head_pool, self.head.encode, image, codec, width, self.image_quality)
+        if self.slowdown > 1:  # emulate a slower device: the head takes slowdown x as long
+            extra = enc.head_ms * (self.slowdown - 1)
+            await asyncio.sleep(extra / 1e3)
+            enc.head_ms += extra
+        return enc
+
+    def plan(self, deadline_ms: float) -> Decision:
+        """What the policy would do with the next frame, given what the link looks like now."""
+        if self.policy is None:
+            return Decision(local=False, width=self.width)
+        return self.policy.decide(self.monitor.estimate(), deadline_ms, self.connected)
+
+    async def infer(
+        self,
+        image: np.ndarray | torch.Tensor,
+        *,
+        codec: str | None = None,
+        width: int | None = None,
+        deadline_ms: int | None = None,
+    ) -> Prediction:
+        """Run one frame. Never raises for a frame that fails: the Prediction's status says why."""
+        t0 = time.perf_counter()
+        deadline = self.deadline_ms if deadline_ms is None else deadline_ms
+        codec = codec or self.codec
+        estimate = self.monitor.estimate()
+        if width is None and codec == "entropic":
+            decision = self.plan(deadline)
+            if decision.local:
+                p = await self.infer_local(image)
+                p.latency_ms = (time.perf_counter() - t0) * 1e3
+                p.bandwidth_bps, p.rtt_ms = estimate.bandwidth_bps, estimate.rtt_ms
+                return p
+            width = decision.width
+        enc = await self.encode(image, codec, self.width if width is None else width)
+        if isinstance(self.policy, AdaptivePolicy) and enc.codec == "entropic":
+            self.policy.costs[enc.width].update(len(enc.payload) + FRAME_OVERHEAD, enc.head_ms)
+        frame_id = next(self._ids)
+        prediction = Prediction(
+            frame_id=frame_id, status="FAILED", codec=enc.codec, width=enc.width, payload_bytes=len(enc.payload),
+            head_ms=enc.head_ms, bandwidth_bps=estimate.bandwidth_bps, rtt_ms=estimate.rtt_ms,
+        )  # fmt: skip
+        elapsed_ms = (time.perf_counter() - t0) * 1e3
+        if deadline and elapsed_ms >= deadline:
+            prediction.status, prediction.error = "DEADLINE_EXCEEDED", "the deadline passed on the device"
+            prediction.latency_ms = elapsed_ms
+            return prediction
+        result = await self._send(enc, frame_id, deadline, elapsed_ms, prediction)
+        prediction.latency_ms = (time.perf_counter() - t0) * 1e3
+        if result is not None:
+            prediction.status = STATUS_NAMES.get(result.status, str(result.status))
+            prediction.error = result.error
+            prediction.top_k = [ClassScore(c.index, c.label, c.score) for c in result.top_k]
+            prediction.server = _timings(result.timings)
+        return prediction
+
+    async def _send(
+        self, enc: EncodedFrame, frame_id: int, deadline: float, elapsed_ms: float, prediction: Prediction
+    ) -> pb.Result | None:
+        assert self.bundle is not None
+        budget = max(1, int(deadline - elapsed_ms)) if deadline else 0
+        frame = pb.Frame(
+            frame_id=frame_id, model=self.bundle.name, version=self.bundle.version,
+            bundle_sha256=self.bundle.sha256, codec=enc.codec, width=enc.width, payload=enc.payload,
+            shape=list(enc.shape), capture_time_us=time.time_ns() // 1000, deadline_ms=budget, top_k=self.top_k,
+        )  # fmt: skip
+        wait_s = budget / 1e3 if budget else self.connect_timeout
+        entry = _InFlight(
+            frame, asyncio.get_running_loop().create_future(),
+            time.monotonic() + (budget / 1e3 if budget else self.give_up_s),
+        )  # fmt: skip
+        if not self._connected.is_set():
+            try:
+                await asyncio.wait_for(self._connected.wait(), wait_s)
+            except TimeoutError:
+                prediction.error = f"edge server {self.settings.target} unreachable"
+                return None
+        self._inflight[frame_id] = entry
+        await self._write(self._call, entry)
+        # A frame with a deadline waits a little past it (the result is late, not lost); one
+        # without waits give_up_s across reconnects. Either way it ends with one outcome.
+        wait_for = budget / 1e3 + self.late_grace_s if budget else self.give_up_s
+        try:
+            result: pb.Result = await asyncio.wait_for(asyncio.shield(entry.future), wait_for)
+        except ClientError as exc:
+            prediction.error = str(exc)
+            return None
+        except TimeoutError:
+            self._inflight.pop(frame_id, None)
+            prediction.error = f"no result within {wait_for:.1f} s"
+            return None
+        finally:
+            prediction.attempts = entry.attempts
+        return result
+
+    async def infer_local(self, image: np.ndarray | torch.Tensor) -> Prediction:
+        """Local-only inference: the whole model on this device, for comparison or fallback."""
+        assert self.head is not None and self.bundle is not None
+        t0 = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        scores, ms = await loop.run_in_executor(self._head_pool, self.head.local, image)
+        if self.slowdown > 1:
+            await asyncio.sleep(ms * (self.slowdown - 1) / 1e3)
+            ms *= self.slowdown
+        vals, idx = scores.topk(min(self.top_k, len(scores)))
+        labels = self.bundle.labels
+        return Prediction(
+            frame_id=next(self._ids), status="OK", codec="local", head_ms=ms, local=True,
+            top_k=[ClassScore(int(i), labels[int(i)], float(v)) for v, i in zip(vals, idx, strict=True)],
+            latency_ms=(time.perf_counter() - t0) * 1e3,
+        )  # fmt: skip
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._call is not None:
+            try:
+                await asyncio.wait_for(self._call.done_writing(), 2.0)
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError, TimeoutError):
+                pass
+        if self._supervisor is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._supervisor), 5.0)
+            except TimeoutError:
+                self._supervisor.cancel()
+        self._fail_all("the client closed")
+        if self._channel is not None:
+            await self._channel.close()
+        self._head_pool.shutdown(wait=False)
+
+
+class SplitClient:
+    """The synchronous face of AsyncSplitClient (its event loop runs on a private thread)."""
+
+    def __init__(self, server: str, model: str = DEFAULT_MODEL, **kwargs: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="splitclient", daemon=True)
+        self._thread.start()
+        self._client = self._run(self._create(server, model, kwargs))
+        try:
+            self._run(self._client.connect())
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    @staticmethod
+    async def _create(server: str, model: str, kwargs: dict) -> AsyncSplitClient:
+        return AsyncSplitClient(server, model, **kwargs)  # built on the loop it will run on
+
+    def _run(self, coro):  # type: ignore[no-untyped-def]
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    @property
+    def bundle(self) -> Bundle:
+        assert self._client.bundle is not None
+        return self._client.bundle
+
+    @property
+    def client(self) -> AsyncSplitClient:
+        return self._client
+
+    def infer(self, image: np.ndarray | torch.Tensor, **kwargs: Any) -> Prediction:
+        return self._run(self._client.infer(image, **kwargs))
+
+    def submit(self, image: np.ndarray | torch.Tensor, **kwargs: Any) -> concurrent.futures.Future:
+        """Start one frame without waiting; the future resolves to its Prediction."""
+        return asyncio.run_coroutine_threadsafe(self._client.infer(image, **kwargs), self._loop)
+
+    def infer_local(self, image: np.ndarray | torch.Tensor) -> Prediction:
+        return self._run(self._client.infer_local(image))
+
+    def close(self) -> None:
+        try:
+            self._run(self._client.close())
+        finally:
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> SplitClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+__all__ = ["AsyncSplitClient", "ClientError", "Prediction", "SplitClient", "IMAGE_CODECS"]
