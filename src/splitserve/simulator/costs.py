@@ -1,0 +1,103 @@
+"""What each strategy costs per frame, measured here on the model's sample frames.
+
+Bytes are the real encoded payloads; device time is this CPU's (times the
+device slowdown); server time is decode + tail for one frame on this CPU. The
+analytic model and the sweep are driven by these measurements.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from splitserve.codecs import IMAGE_CODECS
+from splitserve.device_client.client import GRPC_FRAMING
+from splitserve.models.bundle import Bundle
+from splitserve.proto import edge_inference_pb2 as pb
+from splitserve.simulator.strategies import Strategy
+
+
+@dataclass
+class StrategyCost:
+    bytes: np.ndarray  # payload bytes of each sample frame
+    wire_overhead: int  # bytes a Frame message adds around its payload on the wire
+    device_ms: float
+    server_ms: float
+    predictions: np.ndarray  # top-1 of each sample frame
+    response_bytes: int = 200
+
+
+def _median_ms(fn, repeat: int = 7) -> float:  # type: ignore[no-untyped-def]
+    fn()
+    samples = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(samples))
+
+
+def _overhead(bundle: Bundle, codec: str, width: int, shape) -> int:  # type: ignore[no-untyped-def]
+    frame = pb.Frame(
+        frame_id=1 << 20, model=bundle.name, version=bundle.version, bundle_sha256=bundle.sha256, codec=codec,
+        width=width, payload=b"", shape=list(shape), capture_time_us=time.time_ns() // 1000, deadline_ms=150, top_k=5,
+    )  # fmt: skip
+    return frame.ByteSize() + 3 + GRPC_FRAMING  # +3: the payload field's tag and length
+
+
+def _response_bytes(bundle: Bundle) -> int:
+    longest = max(bundle.labels, key=len)
+    result = pb.Result(
+        frame_id=1 << 20, status=pb.Result.Status.OK, model=bundle.name, version=bundle.version,
+        top_k=[pb.ClassScore(index=999, label=longest, score=0.5)] * 5,
+        timings=pb.ServerTimings(received_unix_us=time.time_ns() // 1000, decode_ms=1, queue_ms=1, tail_ms=1,
+                                 total_ms=1, batch_size=1),
+    )  # fmt: skip
+    return result.ByteSize() + GRPC_FRAMING
+
+
+@torch.inference_mode()
+def measure(bundle: Bundle, strategy: Strategy, images: np.ndarray, slowdown: float = 1.0) -> StrategyCost:
+    pre = bundle.preprocess()
+    one = torch.from_numpy(images[0])
+    response = _response_bytes(bundle)
+    if strategy.local:
+        model = bundle.local_model()
+        preds = np.concatenate(
+            [model(torch.from_numpy(images[s : s + 64])).argmax(1).numpy() for s in range(0, len(images), 64)]
+        )
+        ms = _median_ms(lambda: model(one[None])) * slowdown
+        return StrategyCost(np.zeros(len(images), dtype=np.int64), 0, ms, 0.0, preds, 0)
+    codec = strategy.codec
+    width = bundle.student.widths - 1 if strategy.adaptive else max(strategy.width, 0)
+    shape = bundle.payload_shape(codec, width)
+    encoder = bundle.encoder_for(codec, width, **({"quality": strategy.quality} if codec in IMAGE_CODECS else {}))
+    decoder = bundle.decoder_for(codec, width)
+    server = bundle.server_stage(codec, width)
+
+    def head(frame: torch.Tensor) -> bytes:
+        if codec in IMAGE_CODECS:
+            return encoder.encode(frame)
+        return encoder.encode(bundle.device_stage(codec, width)(pre(frame[None]))[0])
+
+    payloads = [head(torch.from_numpy(img)) for img in images]
+    decoded = [decoder.decode(p, shape) for p in payloads]
+    preds = np.concatenate(
+        [server(torch.stack(decoded[s : s + 64])).argmax(1).numpy() for s in range(0, len(decoded), 64)]
+    )
+    device_ms = _median_ms(lambda: head(one)) * slowdown
+    server_ms = _median_ms(lambda: server(decoder.decode(payloads[0], shape)[None]))
+    return StrategyCost(
+        np.array([len(p) for p in payloads]), _overhead(bundle, codec, width, shape), device_ms, server_ms, preds,
+        response,
+    )  # fmt: skip
+
+
+def measure_widths(bundle: Bundle, images: np.ndarray, slowdown: float = 1.0) -> list[StrategyCost]:
+    return [
+        measure(bundle, Strategy(f"split:{w}", "entropic", width=w), images, slowdown)
+        for w in range(bundle.student.widths)
+    ]

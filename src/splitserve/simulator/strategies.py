@@ -1,0 +1,80 @@
+"""The ways a device can get a frame classified, compared side by side.
+
+- ``local``: the whole model on the device; no link at all.
+- ``jpeg`` / ``webp`` / ``png`` (optionally ``jpeg:Q`` for quality Q): full offload of the image.
+- ``fp16`` / ``int8``: split at the same layer, raw teacher features (no learned bottleneck).
+- ``split:W``: the entropic codec at fixed width W.
+- ``adaptive``: the entropic codec, width chosen per frame by the bandwidth monitor and policy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from splitserve.codecs import IMAGE_CODECS
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    codec: str  # "entropic", an image codec, a feature codec, or "local"
+    width: int = -1
+    quality: int = 75
+    adaptive: bool = False
+
+    @property
+    def local(self) -> bool:
+        return self.codec == "local"
+
+    def client_args(self) -> list[str]:
+        """device-client flags that run this strategy."""
+        if self.local:
+            return ["--policy", "local"]
+        if self.adaptive:
+            return ["--policy", "adaptive"]
+        if self.codec == "entropic":
+            return ["--policy", f"fixed:{self.width}"]
+        args = ["--codec", self.codec]
+        if self.codec in IMAGE_CODECS:
+            args += ["--quality", str(self.quality)]
+        return args
+
+
+def parse_strategy(spec: str, widths: int) -> Strategy:
+    spec = spec.strip()
+    name, _, arg = spec.partition(":")
+    if name == "local":
+        return Strategy(spec, "local")
+    if name == "adaptive":
+        return Strategy(spec, "entropic", adaptive=True)
+    if name == "split":
+        try:
+            width = int(arg)
+        except ValueError:
+            raise ValueError(f"strategy {spec!r}: use split:W with W a width index (0..{widths - 1})") from None
+        if not 0 <= width < widths:
+            raise ValueError(f"strategy {spec!r}: this model's widths are 0..{widths - 1}")
+        return Strategy(spec, "entropic", width=width)
+    if name in IMAGE_CODECS:
+        quality = 75
+        if arg:
+            try:
+                quality = int(arg)
+            except ValueError:
+                raise ValueError(f"strategy {spec!r}: quality must be an integer") from None
+        return Strategy(spec, name, quality=quality)
+    if name in ("fp16", "int8") and not arg:
+        return Strategy(spec, name)
+    raise ValueError(f"unknown strategy {spec!r}; use local, jpeg[:Q], webp[:Q], png, fp16, int8, split:W, adaptive")
+
+
+def default_strategies(widths: int) -> list[str]:
+    return ["local", "jpeg", "png", "int8", *[f"split:{w}" for w in range(widths)], "adaptive"]
+
+
+def parse_strategies(spec: str | None, widths: int) -> list[Strategy]:
+    names = default_strategies(widths) if not spec or spec == "all" else [s for s in spec.split(",") if s.strip()]
+    strategies = [parse_strategy(s, widths) for s in names]
+    if len({s.name for s in strategies}) != len(strategies):
+        raise ValueError("each strategy may appear only once")
+    return strategies
