@@ -245,7 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup_logging(args.log_level)
     logging.getLogger("splitserve").setLevel(args.log_level.upper())
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:  # bad model names, files, settings: say so, no traceback
+        print(f"splitserve {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

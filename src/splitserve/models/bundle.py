@@ -31,6 +31,7 @@ from splitserve.codecs import FEATURE_CODECS, IMAGE_CODECS, Decoder, Encoder, ge
 from splitserve.codecs.entropic import EntropyTables
 from splitserve.models.backbones import build_teacher, load_state_dict, resolve_weights, sha256_file, split_model
 from splitserve.models.bottleneck import BottleneckDecoder, FixedWidthEncoder, SlimmableEncoder, StudentConfig
+from splitserve.models.layers import freeze_gdn
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -43,7 +44,7 @@ DEVICE_FILES = (MANIFEST, HEAD_FILE, ENTROPY_FILE, TEACHER_FILE)
 _REQUIRED_KEYS = ("format", "name", "version", "input", "labels", "teacher", "student", "widths", "files")
 
 
-class BundleError(Exception):
+class BundleError(ValueError):
     """A bundle is missing, malformed or tampered with; the message names the file and the fix."""
 
 
@@ -224,7 +225,7 @@ class Bundle:
                 prefix = split_model(model, self.student.prefix)[0]
             enc = SlimmableEncoder(self.student, prefix)
             enc.load_state_dict(self._state(HEAD_FILE))
-            return enc.eval()
+            return freeze_gdn(enc).eval()
 
         return self._cached("encoder", build)
 

@@ -80,10 +80,39 @@ class SlimmableGDN(nn.Module):
         self.gamma = nn.Parameter(self.gamma_reparam.init(gamma_init * torch.eye(c)))
 
     def forward(self, x: torch.Tensor, width: int) -> torch.Tensor:
-        c = self.channels[width]
-        beta = self.beta_reparam(self.beta)[:c]
-        gamma = self.gamma_reparam(self.gamma)[:c, :c].reshape(c, c, 1, 1)
-        return x * torch.rsqrt(F.conv2d(x * x, gamma, beta))
+        return _gdn(x, self.beta_reparam(self.beta), self.gamma_reparam(self.gamma), self.channels[width])
+
+    def frozen(self) -> FrozenGDN:
+        with torch.no_grad():
+            return FrozenGDN(self.beta_reparam(self.beta), self.gamma_reparam(self.gamma), self.channels)
+
+
+def _gdn(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, c: int) -> torch.Tensor:
+    return x * torch.rsqrt(F.conv2d(x * x, gamma[:c, :c].reshape(c, c, 1, 1), beta[:c]))
+
+
+class FrozenGDN(nn.Module):
+    """A SlimmableGDN with its reparametrized weights computed once: for inference and export
+    (the reparametrization's custom autograd op cannot be traced, and need not run per frame)."""
+
+    def __init__(self, beta: torch.Tensor, gamma: torch.Tensor, channels: Sequence[int]) -> None:
+        super().__init__()
+        self.channels = tuple(channels)
+        self.register_buffer("beta", beta.detach().clone())
+        self.register_buffer("gamma", gamma.detach().clone())
+
+    def forward(self, x: torch.Tensor, width: int) -> torch.Tensor:
+        return _gdn(x, self.beta, self.gamma, self.channels[width])
+
+
+def freeze_gdn(module: nn.Module) -> nn.Module:
+    """Replace every SlimmableGDN inside ``module`` (in place) with its FrozenGDN."""
+    for name, child in module.named_children():
+        if isinstance(child, SlimmableGDN):
+            setattr(module, name, child.frozen())
+        else:
+            freeze_gdn(child)
+    return module
 
 
 def width_channels(full: int, fractions: Sequence[float]) -> tuple[int, ...]:
