@@ -105,6 +105,9 @@ class Stage2Section:
     epochs: int = 4
     lr: float = 1e-3
     finetune_tail: bool = True
+    # keep training the encoder for the task too, its rate charged by the frozen priors
+    # (whose tables are already fixed) at the stage-1 betas
+    train_encoder: bool = False
     temperature: float = 1.0
     batch_size: int = 128
 

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from splitserve.codecs.entropic import EntropyTables
-from splitserve.models.bottleneck import EntropicStudent, rate_bits
+from splitserve.models.bottleneck import EntropicStudent, rate_bits, symbol_likelihoods
 from splitserve.training.config import Stage1Section, Stage2Section
 from splitserve.training.data import TrainData
 
@@ -206,8 +206,17 @@ def stage2_epoch(
     desc: str,
     extra_widths: int,
     progress: bool = True,
+    betas: list[float] | None = None,
+    target_bits: list[float] | None = None,
 ) -> dict[str, float]:
-    student.encoder.eval()
+    """One epoch of stage 2 on the codec's exact quantization (the tables are already fixed).
+
+    With ``cfg.train_encoder`` the encoder keeps learning too, for the task, while the
+    frozen priors charge its rate: they are the very distributions the tables were made
+    from, so the tables stay right for what the encoder sends (``betas`` keep each width
+    at its stage-1 bit target).
+    """
+    student.encoder.train(cfg.train_encoder)
     student.decoder.train()
     tail.eval()  # BN statistics stay the teacher's; only weights adapt
     n = student.cfg.widths
@@ -219,10 +228,17 @@ def stage2_epoch(
         xp = teacher.pre(x)
         loss = torch.zeros((), device=device)
         for w in sandwich(n, extra_widths, rng):
-            with torch.no_grad():
-                y_hat = tables[w].dequantize(student.encoder(xp, w))
+            with torch.set_grad_enabled(cfg.train_encoder):
+                latent = student.encoder(xp, w)
+                y_hat = latent + (tables[w].dequantize(latent) - latent).detach()  # straight-through
             logits = tail(student.decoder(y_hat, w))
             loss = loss + kd_loss(logits, t_logits, y, cfg.temperature)
+            if cfg.train_encoder and betas is not None:
+                bits = rate_bits(symbol_likelihoods(student.priors[w], y_hat)).mean()
+                loss = loss + betas[w] * bits
+                if target_bits:
+                    error = float(np.log(max(bits.item(), 1e-3) / target_bits[w]))
+                    betas[w] *= float(np.exp(np.clip(0.01 * error, -0.01, 0.01)))
             if w == n - 1:
                 ref = y if bool((y >= 0).all()) else t_logits.argmax(1)
                 correct += int((logits.argmax(1) == ref).sum())

@@ -223,10 +223,17 @@ def train_student(run: Run, data: TrainData, pre: nn.Module, teacher_model: nn.M
         _, ft_tail = split_model(copy.deepcopy(teacher_model), cfg.teacher.split)
         for p in ft_tail.parameters():
             p.requires_grad_(True)
+    betas = list(run.state.get("betas") or distill.initial_betas(cfg.stage1, student.cfg.widths))
+    for p in student.priors.parameters():
+        p.requires_grad_(False)  # the tables are fixed now: the priors must stay what they were
     if not _phase_done(run, "stage2"):
         for p in student.encoder.parameters():
-            p.requires_grad_(False)
+            p.requires_grad_(s2.train_encoder)
+        if student.encoder.prefix is not None:
+            student.encoder.prefix.requires_grad_(False)
         params = list(student.decoder.parameters()) + (list(ft_tail.parameters()) if s2.finetune_tail else [])
+        if s2.train_encoder:
+            params += [p for p in student.encoder.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=s2.lr)
         steps = -(-len(data.train) // s2.batch_size) * s2.epochs
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
@@ -241,6 +248,7 @@ def train_student(run: Run, data: TrainData, pre: nn.Module, teacher_model: nn.M
             stats = distill.stage2_epoch(
                 student, tables, ft_tail, teacher, data, s2, opt, sched, gen, rng, run.device,
                 f"stage 2 {epoch + 1}/{s2.epochs}", cfg.stage1.random_widths, run.progress,
+                betas, cfg.stage1.target_bits,
             )  # fmt: skip
             log.info("stage 2 epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in stats.items()})
             run.state["history"].append({"phase": "stage2", "epoch": epoch + 1, **stats})
@@ -252,6 +260,7 @@ def train_student(run: Run, data: TrainData, pre: nn.Module, teacher_model: nn.M
                 tail=ft_tail.state_dict(),
                 opt=opt.state_dict(),
                 sched=sched.state_dict(),
+                betas=betas,
                 **run.streams_state(gen, rng),
             )
     else:

@@ -1,0 +1,144 @@
+"""Training smoke runs: small, on CPU, a couple of minutes at most."""
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import BIN
+from splitserve.data import fashion_mnist
+from splitserve.models import Bundle
+from splitserve.training.config import ConfigError, load_config, parse_config
+from splitserve.training.pipeline import train
+
+pytestmark = pytest.mark.skipif(not fashion_mnist.available(), reason="needs the dataset-fashion-mnist package")
+
+SMOKE = """
+seed = 3
+[model]
+name = "smoke"
+sample = "fmnist-test"
+[data]
+train_limit = 768
+test_limit = 200
+[teacher]
+split = "block2"
+distill = ["block3"]
+epochs = 2
+batch_size = 64
+[student]
+stages = [[16, 5, 2], [16, 5, 2]]
+bottleneck = 8
+fractions = [0.5, 1.0]
+decoder_hidden = 16
+[stage1]
+epochs = 2
+batch_size = 64
+normalize = true
+target_bits = [100, 200]
+kd_weight = 1.0
+[stage2]
+epochs = 1
+batch_size = 64
+[eval]
+limit = 100
+"""
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    (root / "smoke.toml").write_text(SMOKE)
+    cfg = load_config(root / "smoke.toml")
+    bundle = train(cfg, root / "models", root / "work", progress=False)
+    return root, cfg, bundle
+
+
+def test_smoke_training_learns_and_writes_a_working_bundle(smoke):
+    root, cfg, bundle = smoke
+    history = bundle.manifest["training"]["history"]
+    teacher = [h["loss"] for h in history if h["phase"] == "teacher"]
+    stage1 = [h["mse"] for h in history if h["phase"] == "stage1"]
+    assert teacher[-1] < teacher[0] and stage1[-1] < stage1[0]  # the losses fall
+    loaded = Bundle.load(root / "models" / "smoke" / "1")
+    assert loaded.sha256 == bundle.sha256 and len(loaded.widths) == 2
+    images, _ = fashion_mnist.load("test")
+    x = loaded.preprocess()(torch.from_numpy(images[:4]))
+    for w in range(2):  # every width round-trips through real bytes
+        y = loaded.device_stage("entropic", w)(x)
+        enc, dec = loaded.encoder_for("entropic", w), loaded.decoder_for("entropic", w)
+        for yi in y:
+            back = dec.decode(enc.encode(yi), loaded.latent_shape(w))
+            assert torch.equal(back, loaded.entropy_tables(w).dequantize(yi[None])[0])
+        assert loaded.widths[w]["bytes_mean"] > 0 and 0 <= loaded.widths[w]["accuracy"] <= 1
+
+
+def test_training_is_deterministic_and_resumable(smoke, tmp_path):
+    root, cfg, bundle = smoke
+    again = train(cfg, tmp_path / "models", tmp_path / "work", progress=False)
+    a = torch.load(bundle.path / "head.pt", weights_only=True)
+    b = torch.load(again.path / "head.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # resuming a finished run rebuilds the same bundle from its checkpoint, without training
+    resumed = train(cfg, tmp_path / "models2", root / "work", resume=True, progress=False)
+    c = torch.load(resumed.path / "head.pt", weights_only=True)
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    np.testing.assert_array_equal(
+        np.load(bundle.path / "entropy.npz")["w1_freqs"], np.load(resumed.path / "entropy.npz")["w1_freqs"]
+    )
+
+
+def test_resume_refuses_a_different_config(smoke):
+    root, cfg, _ = smoke
+    cfg2 = load_config(root / "smoke.toml")
+    cfg2.stage1.epochs = 5
+    with pytest.raises(ConfigError, match="different config"):
+        train(cfg2, root / "other", root / "work", resume=True, progress=False)
+
+
+def test_bad_configs_are_clear():
+    for data, message in (
+        ({"stage1": {"epochs": "ten"}}, "expected int"),
+        ({"stage1": {"bogus": 1}}, "unknown keys"),
+        ({"student": {"fractions": [1.0, 0.5]}}, "fractions must increase"),
+        ({"stage1": {"target_bits": [1.0]}, "student": {"fractions": [0.5, 1.0]}}, "one positive value per width"),
+        ({"optimizer": {}}, "unknown config key"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            parse_config(data)
+
+
+def test_train_cli(tmp_path):
+    (tmp_path / "smoke.toml").write_text(SMOKE.replace("epochs = 2\nbatch_size = 64\nnormalize", "epochs = 1\nbatch_size = 64\nnormalize"))
+    proc = subprocess.run(
+        [str(BIN / "splitserve"), "train", "--config", str(tmp_path / "smoke.toml"), "--out", str(tmp_path / "m"),
+         "--work", str(tmp_path / "w"), "--no-progress"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "wrote" in proc.stdout and (tmp_path / "m" / "smoke" / "1" / "manifest.json").is_file()
+    bad = subprocess.run([str(BIN / "splitserve"), "train", "--config", str(tmp_path / "missing.toml")],
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and "not found" in bad.stderr
+
+
+def test_eval_cli_json_schema(tmp_path, fmnist):
+    out = tmp_path / "eval.json"
+    proc = subprocess.run(
+        [str(BIN / "splitserve"), "eval", "--model", "fmnist-split", "--data", "sample", "--limit", "200",
+         "--no-progress", "--json", str(out), "--plot", str(tmp_path / "eval.png")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert 0 < report["teacher"]["accuracy"] <= 1
+    widths = report["widths"]
+    assert [w["width"] for w in widths] == list(range(fmnist.student.widths))
+    for w in widths:
+        assert {"accuracy", "bytes_mean", "bytes_p95", "head_ms"} <= set(w) and w["bytes_mean"] > 0
+    names = {b["name"] for b in report["baselines"]}
+    assert {"png", "jpeg-q75", "jpeg-q10", "webp-q75", "fp16", "int8-zlib"} <= names
+    assert (tmp_path / "eval.png").stat().st_size > 10_000
+    assert "teacher (unsplit" in proc.stdout
