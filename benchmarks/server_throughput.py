@@ -82,17 +82,20 @@ async def _worker(server: str, model: str, streams: int, window: int, duration: 
 
         for _ in range(window):
             await send()
+        received = 0
         async for r in call:
+            received += 1
             t = r.timings
             records.append((t.total_ms, t.decode_ms, t.queue_ms, t.tail_ms, t.batch_size))
             if time.monotonic() < stop:
                 await send()
-            elif len(records) and sent == r.frame_id + 1:
+            elif received == sent:  # results may come back out of order: wait for all of them
                 break
         await call.done_writing()
 
     async with grpc.aio.insecure_channel(server) as channel:
         await asyncio.wait_for(channel.channel_ready(), 30)
+        stop = time.monotonic() + duration
         await asyncio.gather(*(one_stream(channel, s) for s in range(streams)))
     out.write_text(json.dumps(records))
 

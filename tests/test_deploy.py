@@ -4,7 +4,6 @@ import json
 import re
 
 import yaml
-
 from conftest import ROOT
 
 DEPLOY = ROOT / "deploy"
@@ -32,9 +31,10 @@ def test_dashboard_queries_use_exported_metrics():
 
 
 def test_deploy_files_parse():
+    helm = DEPLOY / "helm" / "splitserve"
     for path in [DEPLOY / "docker-compose.yml", DEPLOY / "prometheus" / "prometheus.yml",
                  *sorted((DEPLOY / "grafana" / "provisioning").rglob("*.yml")),
-                 DEPLOY / "helm" / "splitserve" / "Chart.yaml", DEPLOY / "helm" / "splitserve" / "values.yaml"]:  # fmt: skip
+                 helm / "Chart.yaml", helm / "values.yaml"]:  # fmt: skip
         assert yaml.safe_load(path.read_text()), path
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     assert {"edge-server", "prometheus", "grafana"} <= set(compose["services"])

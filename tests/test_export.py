@@ -6,8 +6,8 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-
 from conftest import BIN
+
 from splitserve.data.samples import load_sample
 from splitserve.models.export import export_head, head_module
 

@@ -8,8 +8,8 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import BIN
+
 from splitserve.simulator.link import LinkConfig
 from splitserve.simulator.proxy import LinkProxy
 
@@ -34,7 +34,7 @@ def test_proxy_rate_and_delay():
         reader, writer = await asyncio.open_connection("127.0.0.1", pport)
         # round trips of tiny messages: 2 x 25 ms added
         rtts = []
-        for i in range(10):
+        for _ in range(10):
             t0 = time.perf_counter()
             writer.write(b"PING" + bytes(32))
             await writer.drain()

@@ -6,8 +6,8 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-
 from conftest import BIN
+
 from splitserve.data import fashion_mnist
 from splitserve.models import Bundle
 from splitserve.training.config import ConfigError, load_config, parse_config
@@ -111,7 +111,9 @@ def test_bad_configs_are_clear():
 
 
 def test_train_cli(tmp_path):
-    (tmp_path / "smoke.toml").write_text(SMOKE.replace("epochs = 2\nbatch_size = 64\nnormalize", "epochs = 1\nbatch_size = 64\nnormalize"))
+    (tmp_path / "smoke.toml").write_text(
+        SMOKE.replace("epochs = 2\nbatch_size = 64\nnormalize", "epochs = 1\nbatch_size = 64\nnormalize")
+    )
     proc = subprocess.run(
         [str(BIN / "splitserve"), "train", "--config", str(tmp_path / "smoke.toml"), "--out", str(tmp_path / "m"),
          "--work", str(tmp_path / "w"), "--no-progress"],

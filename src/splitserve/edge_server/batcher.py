@@ -106,7 +106,14 @@ class Batcher:
             n = min(len(self._items), self.cfg.max_batch)
             batch = [self._items.popleft() for _ in range(n)]
             self._inflight += 1
-            future = self.runner.worker.submit(self._run, batch)
+            try:
+                future = self.runner.worker.submit(self._run, batch)
+            except RuntimeError as exc:  # the worker is shut down: these frames still get their outcome
+                self._inflight -= 1
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_result(Outcome(Status.UNAVAILABLE, error=f"server is stopping ({exc})"))
+                continue
             future.add_done_callback(lambda f, b=batch: self._loop.call_soon_threadsafe(self._complete, b, f))
 
     def _run(self, batch: list[Pending]) -> list[Outcome]:

@@ -56,6 +56,9 @@ def _load(path: Path, worker: DeviceWorker, batching: BatchingConfig) -> ServedM
                 runners.setdefault(stage_key(codec, w), TailRunner(bundle, codec, w, worker))
         else:
             runners.setdefault(stage_key(codec, 0), TailRunner(bundle, codec, 0, worker))
+    for codec in bundle.codecs:  # build decoders here, off the event loop, not on the first frame
+        for w in range(bundle.student.widths if codec == "entropic" else 1):
+            bundle.decoder_for(codec, w)
     for key, runner in runners.items():
         codec = "entropic" if key.startswith("w") else ("png" if key == "image" else "fp16")
         shape = bundle.payload_shape(codec, runner.width)

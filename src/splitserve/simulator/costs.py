@@ -18,6 +18,7 @@ from splitserve.device_client.client import GRPC_FRAMING
 from splitserve.models.bundle import Bundle
 from splitserve.proto import edge_inference_pb2 as pb
 from splitserve.simulator.strategies import Strategy
+from splitserve.timing import median_ms
 
 
 @dataclass
@@ -28,16 +29,6 @@ class StrategyCost:
     server_ms: float
     predictions: np.ndarray  # top-1 of each sample frame
     response_bytes: int = 200
-
-
-def _median_ms(fn, repeat: int = 7) -> float:  # type: ignore[no-untyped-def]
-    fn()
-    samples = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(samples))
 
 
 def _overhead(bundle: Bundle, codec: str, width: int, shape) -> int:  # type: ignore[no-untyped-def]
@@ -69,7 +60,7 @@ def measure(bundle: Bundle, strategy: Strategy, images: np.ndarray, slowdown: fl
         preds = np.concatenate(
             [model(torch.from_numpy(images[s : s + 64])).argmax(1).numpy() for s in range(0, len(images), 64)]
         )
-        ms = _median_ms(lambda: model(one[None])) * slowdown
+        ms = median_ms(lambda: model(one[None])) * slowdown
         return StrategyCost(np.zeros(len(images), dtype=np.int64), 0, ms, 0.0, preds, 0)
     codec = strategy.codec
     width = bundle.student.widths - 1 if strategy.adaptive else max(strategy.width, 0)
@@ -88,8 +79,8 @@ def measure(bundle: Bundle, strategy: Strategy, images: np.ndarray, slowdown: fl
     preds = np.concatenate(
         [server(torch.stack(decoded[s : s + 64])).argmax(1).numpy() for s in range(0, len(decoded), 64)]
     )
-    device_ms = _median_ms(lambda: head(one)) * slowdown
-    server_ms = _median_ms(lambda: server(decoder.decode(payloads[0], shape)[None]))
+    device_ms = median_ms(lambda: head(one)) * slowdown
+    server_ms = median_ms(lambda: server(decoder.decode(payloads[0], shape)[None]))
     return StrategyCost(
         np.array([len(p) for p in payloads]), _overhead(bundle, codec, width, shape), device_ms, server_ms, preds,
         response,

@@ -232,6 +232,8 @@ def run_experiment(cfg: ExperimentConfig, on_progress: Callable[[str], None] | N
                     "local": r["local"],
                     "bw_bps": r["bw_bps"],
                     "status": r["status"],
+                    "server_ms": r["server_ms"],
+                    "bytes": r["bytes"],
                 }
                 for r in run.records
             ]

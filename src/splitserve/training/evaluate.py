@@ -7,7 +7,6 @@ compute time for one frame on this CPU.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -15,7 +14,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from splitserve.codecs import IMAGE_CODECS, Decoder, Encoder
 from splitserve.models.bundle import Bundle
+from splitserve.timing import median_ms
 
 
 @dataclass
@@ -44,16 +45,22 @@ def predict_local(bundle: Bundle, images: np.ndarray, batch_size: int = 256) -> 
     return torch.cat(out).numpy()
 
 
-def time_ms(fn: Callable[[], object], repeat: int = 30, warmup: int = 3) -> float:
-    """Median wall time of fn in ms."""
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1e3)
-    return float(np.median(samples))
+def through_codec(
+    images: np.ndarray, to_tensors: Callable[[torch.Tensor], torch.Tensor], encoder: Encoder, decoder: Decoder,
+    shape: tuple[int, ...], server: torch.nn.Module, batch_size: int, bar: tqdm | None = None,
+) -> tuple[np.ndarray, list[int]]:  # fmt: skip
+    """(top-1, payload sizes) of frames sent through real payload bytes, as device and server would."""
+    sizes, preds = [], []
+    for s in _batches(len(images), batch_size):
+        decoded = []
+        for t in to_tensors(torch.from_numpy(images[s])):
+            payload = encoder.encode(t)
+            sizes.append(len(payload))
+            decoded.append(decoder.decode(payload, shape))
+        preds.append(server(torch.stack(decoded)).argmax(1))
+        if bar is not None:
+            bar.update(s.stop - s.start)
+    return torch.cat(preds).numpy(), sizes
 
 
 @torch.inference_mode()
@@ -68,23 +75,13 @@ def evaluate_width(
 ) -> WidthResult:
     pre = bundle.preprocess()
     head = bundle.device_stage("entropic", width)
-    encoder = bundle.encoder_for("entropic", width)
-    decoder = bundle.decoder_for("entropic", width)
-    server = bundle.server_stage("entropic", width)
-    shape = bundle.latent_shape(width)
-    sizes, preds = [], []
     bar = tqdm(total=len(images), desc=f"width {width}", unit="frame", disable=not progress, leave=False)
-    for s in _batches(len(images), batch_size):
-        y = head(pre(torch.from_numpy(images[s])))
-        y_hat = []
-        for yi in y:
-            payload = encoder.encode(yi)
-            sizes.append(len(payload))
-            y_hat.append(decoder.decode(payload, shape))
-        preds.append(server(torch.stack(y_hat)).argmax(1))
-        bar.update(len(y))
+    top1, sizes = through_codec(
+        images, lambda frames: head(pre(frames)), bundle.encoder_for("entropic", width),
+        bundle.decoder_for("entropic", width), bundle.latent_shape(width), bundle.server_stage("entropic", width),
+        batch_size, bar,
+    )  # fmt: skip
     bar.close()
-    top1 = torch.cat(preds).numpy()
     one = pre(torch.from_numpy(images[:1]))
     info = bundle.widths[width]
     return WidthResult(
@@ -95,7 +92,7 @@ def evaluate_width(
         agreement=float((top1 == teacher_top1).mean()),
         bytes_mean=float(np.mean(sizes)),
         bytes_p95=float(np.percentile(sizes, 95)),
-        head_ms=time_ms(lambda: head(one)),
+        head_ms=median_ms(lambda: head(one)),
         predictions=top1,
     )
 
@@ -114,7 +111,7 @@ def evaluate_bundle(
     local = bundle.local_model()
     teacher = {
         "accuracy": float((teacher_top1 == labels).mean()) if labels is not None else None,
-        "device_ms": time_ms(lambda: local(one)),
+        "device_ms": median_ms(lambda: local(one)),
         "frames": int(len(images)),
     }
     results = [
@@ -153,22 +150,12 @@ def evaluate_baseline(
 ) -> BaselineResult:  # fmt: skip
     """Full offload (image codecs) or raw split features (fp16 / int8), through real payloads."""
     pre = bundle.preprocess()
-    encoder = bundle.encoder_for(codec, **params)
-    decoder = bundle.decoder_for(codec)
-    server = bundle.server_stage(codec)
-    shape = bundle.payload_shape(codec)
-    device = None if codec in ("jpeg", "webp", "png") else bundle.device_stage(codec)
-    sizes, preds = [], []
-    for s in _batches(len(images), batch_size):
-        frames = torch.from_numpy(images[s])
-        tensors = frames if device is None else device(pre(frames))
-        decoded = []
-        for t in tensors:
-            payload = encoder.encode(t)
-            sizes.append(len(payload))
-            decoded.append(decoder.decode(payload, shape))
-        preds.append(server(torch.stack(decoded)).argmax(1))
-    top1 = torch.cat(preds).numpy()
+    device = None if codec in IMAGE_CODECS else bundle.device_stage(codec)
+    top1, sizes = through_codec(
+        images, (lambda frames: frames) if device is None else (lambda frames: device(pre(frames))),
+        bundle.encoder_for(codec, **params), bundle.decoder_for(codec), bundle.payload_shape(codec),
+        bundle.server_stage(codec), batch_size,
+    )  # fmt: skip
     return BaselineResult(
         name=name,
         accuracy=float((top1 == labels).mean()) if labels is not None else None,
