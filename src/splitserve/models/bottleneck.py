@@ -190,6 +190,19 @@ class EntropicStudent(nn.Module):
             raise ValueError(f"rate proxy must be 'ste' or 'noise', got {rate!r}")
         return self.decoder(y_rounded, width), likelihoods
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[no-untyped-def,override]
+        """Also loads priors whose tables ``update()`` already built.
+
+        The table buffers start empty and torch cannot load into a buffer of
+        another size, so they take the checkpoint's shapes first.
+        """
+        for i, prior in enumerate(self.priors):
+            for name in ("_offset", "_quantized_cdf", "_cdf_length"):
+                saved = state_dict.get(f"priors.{i}.{name}")
+                if saved is not None:
+                    getattr(prior, name).resize_(saved.shape)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def aux_loss(self) -> torch.Tensor:
         """Fits each prior's quantiles, which bound its coding tables."""
         return sum(p.loss() for p in self.priors)  # type: ignore[return-value]

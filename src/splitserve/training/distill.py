@@ -61,8 +61,18 @@ class CachedTargets:
     trainable on a laptop-class CPU.
     """
 
-    def __init__(self, student: EntropicStudent, teacher: Teacher, frames, count: int, batch: int,  # type: ignore[no-untyped-def]
-                 gen: torch.Generator, device: torch.device, progress: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        student: EntropicStudent,
+        teacher: Teacher,
+        frames,  # type: ignore[no-untyped-def]
+        count: int,
+        batch: int,
+        gen: torch.Generator,
+        device: torch.device,
+        progress: bool = True,
+        share: bool = False,
+    ) -> None:
         inputs, targets = [], []
         bar = tqdm(total=count, desc="caching teacher features", unit="img", leave=False, disable=not progress)
         with torch.no_grad():
@@ -70,8 +80,10 @@ class CachedTargets:
                 for x, _ in frames.batches(batch, gen):
                     x = x.to(device)
                     xp = teacher.pre(x)
-                    inputs.append(student.encoder.prefix(xp).half().cpu())
-                    targets.append(teacher.head(xp).half().cpu())
+                    prefix_out = student.encoder.prefix(xp).half().cpu()
+                    inputs.append(prefix_out)
+                    # a prefix that ends at the split computes the very targets: do not run it twice
+                    targets.append(prefix_out if share else teacher.head(xp).half().cpu())
                     bar.update(len(x))
                     if sum(len(t) for t in targets) >= count:
                         break

@@ -185,7 +185,15 @@ def train_student(run: Run, data: TrainData, pre: nn.Module, teacher_model: nn.M
         if s1.cache:  # a fixed frame set, rebuilt identically on resume from its own seed
             cache_gen = torch.Generator().manual_seed(cfg.seed + 100)
             cached = distill.CachedTargets(
-                student, teacher, data.train, s1.cache, s1.batch_size, cache_gen, run.device, run.progress
+                student,
+                teacher,
+                data.train,
+                s1.cache,
+                s1.batch_size,
+                cache_gen,
+                run.device,
+                run.progress,
+                share=cfg.student.prefix == cfg.teacher.split,
             )
         if run.state["phase"] == "stage1" and run.state["epoch"]:
             student.load_state_dict(run.state["student"])
