@@ -29,7 +29,9 @@ from splitserve.simulator.traces import make_trace
 from splitserve.simulator.units import parse_fraction, parse_rate, parse_time_ms
 
 
-async def _sink_server() -> tuple[asyncio.base_events.Server, int]:
+async def _sink_server(received: dict | None = None) -> tuple[asyncio.base_events.Server, int]:
+    """Echoes PINGs; counts bulk bytes into ``received`` with the time the last ones arrived."""
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
             data = await reader.read(65536)
@@ -38,6 +40,9 @@ async def _sink_server() -> tuple[asyncio.base_events.Server, int]:
             if data.startswith(b"PING"):
                 writer.write(data[:64])
                 await writer.drain()
+            elif received is not None:
+                received["bytes"] = received.get("bytes", 0) + len(data)
+                received["at"] = time.monotonic()
         writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
@@ -45,20 +50,20 @@ async def _sink_server() -> tuple[asyncio.base_events.Server, int]:
 
 
 async def goodput(rate: float, delay_ms: float, nbytes: int, trace=None) -> tuple[float, LinkProxy]:  # type: ignore[no-untyped-def]
-    sink, port = await _sink_server()
+    received: dict = {}
+    sink, port = await _sink_server(received)
     up = LinkConfig(rate_bps=None if trace else rate, trace=trace, delay_ms=delay_ms)
     proxy = LinkProxy("127.0.0.1", port, up, LinkConfig(delay_ms=delay_ms))
     pport = await proxy.start()
     reader, writer = await asyncio.open_connection("127.0.0.1", pport)
     t0 = time.monotonic()
-    chunk = b"x" * 65536
-    for _ in range(nbytes // len(chunk)):
-        writer.write(chunk)
+    for sent in range(0, nbytes, 65536):
+        writer.write(b"x" * min(65536, nbytes - sent))
         await writer.drain()
-    # the last byte is delivered when the link says so: read the proxy's own clock for it
-    while proxy.up.stats.delivered_bytes < nbytes or proxy.up._last_delivery > time.monotonic():
-        await asyncio.sleep(0.005)
-    elapsed = proxy.up._last_delivery - t0 - delay_ms / 1e3
+    # measured where the bytes arrive: the sink's clock when the last byte came out of the proxy
+    while received.get("bytes", 0) < nbytes:
+        await asyncio.sleep(0.001)
+    elapsed = received["at"] - t0 - delay_ms / 1e3
     writer.close()
     await proxy.close()
     sink.close()

@@ -130,17 +130,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     acc = teacher["accuracy"]
     print(f"teacher (unsplit, on this device {teacher['device_ms']:.2f} ms/frame): "
           f"{'accuracy ' + format(acc, '.4f') if acc is not None else 'agreement 1.0000 (by definition)'}")  # fmt: skip
-    print(f"{'width':<6}{'fraction':>9}{'channels':>9}{metric:>11}{'agreement':>11}{'bytes mean':>12}"
+    # with labels the table shows accuracy and agreement; without, agreement is the accuracy column
+    second = "agreement" if labels is not None else ""
+    print(f"{'width':<6}{'fraction':>9}{'channels':>9}{metric:>11}{second:>11}{'bytes mean':>12}"
           f"{'bytes p95':>11}{'head ms':>9}")  # fmt: skip
     for r in widths:
         value = r.accuracy if r.accuracy is not None else r.agreement
-        print(f"{r.width:<6}{r.fraction:>9.2f}{r.channels:>9}{value:>11.4f}{r.agreement:>11.4f}"
+        extra = format(r.agreement, ".4f") if second else ""
+        print(f"{r.width:<6}{r.fraction:>9.2f}{r.channels:>9}{value:>11.4f}{extra:>11}"
               f"{r.bytes_mean:>12.1f}{r.bytes_p95:>11.1f}{r.head_ms:>9.3f}")  # fmt: skip
     if baselines:
-        print(f"{'baseline':<12}{metric:>11}{'agreement':>11}{'bytes mean':>12}")
+        print(f"{'baseline':<12}{metric:>11}{second:>11}{'bytes mean':>12}")
         for b in baselines:
             value = b.accuracy if b.accuracy is not None else b.agreement
-            print(f"{b.name:<12}{value:>11.4f}{b.agreement:>11.4f}{b.bytes_mean:>12.1f}")
+            extra = format(b.agreement, ".4f") if second else ""
+            print(f"{b.name:<12}{value:>11.4f}{extra:>11}{b.bytes_mean:>12.1f}")
     report = {
         "model": f"{bundle.name}:{bundle.version}", "frames": int(len(images)), "data": what,
         "metric": metric, "teacher": teacher,
