@@ -213,7 +213,7 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=8.0, help="seconds of load per point")
     p.add_argument("--window", type=int, default=2, help="frames in flight per stream")
     p.add_argument("--procs", type=int, default=2, help="load-generator processes")
-    p.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "server_throughput.json")
+    p.add_argument("--json", type=Path, help="default: benchmarks/results/server_throughput_<model>.json")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--server", help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -249,6 +249,7 @@ def main() -> int:
         "\nper-frame ms columns are means over every result; cpu/frame is the server process's CPU time per "
         "frame; overhead = cpu/frame - the tail's own CPU per frame at that batch size"
     )
+    args.json = args.json or Path(__file__).parent / "results" / f"server_throughput_{args.model}.json"
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"model": args.model, "rows": rows}, indent=1) + "\n")
     return 0
