@@ -99,3 +99,31 @@ def test_every_width_runs_and_narrow_sends_fewer_bytes(fmnist):
             logits = fmnist.server_stage("entropic", w)(fmnist.entropy_tables(w).dequantize(y))
             assert logits.shape == (16, 10)
     assert sizes == sorted(sizes)
+
+
+def test_lite0_camera_model_runs_every_width_on_shipped_photos():
+    """The 224 x 224 bundle the simulator uses by default: loads offline, every width codes and classifies."""
+    from splitserve.data.samples import load_sample
+
+    lite0 = load("lite0-imagenet")
+    images, labels = load_sample("photos-224")
+    assert images.shape[1:] == (224, 224, 3) and (labels == -1).all()  # no labels: fidelity is agreement
+    x = lite0.preprocess()(torch.from_numpy(images[:4]))
+    with torch.inference_mode():
+        teacher = lite0.teacher()(x)
+        # cut at the split and run through again: the two halves are exactly the teacher
+        split = lite0.server_stage("fp16")(lite0.device_stage("fp16")(x))
+        torch.testing.assert_close(split, teacher, rtol=1e-4, atol=1e-4)
+        sizes = []
+        for w in range(lite0.student.widths):
+            y = lite0.device_stage("entropic", w)(x)
+            coded = [lite0.encoder_for("entropic", w).encode(yi) for yi in y]
+            sizes.append(sum(map(len, coded)) / len(coded))
+            decoded = torch.stack([lite0.decoder_for("entropic", w).decode(c, lite0.latent_shape(w)) for c in coded])
+            assert torch.equal(decoded, lite0.entropy_tables(w).dequantize(y))
+            logits = lite0.server_stage("entropic", w)(decoded)
+            assert logits.shape == teacher.shape == (4, 1000)
+    assert sizes == sorted(sizes)
+    # the manifest's measured bytes describe what this head sends (same order of magnitude on 4 frames)
+    for w, size in enumerate(sizes):
+        assert 0.5 < size / lite0.widths[w]["bytes_mean"] < 2.0
