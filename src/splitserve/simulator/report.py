@@ -86,6 +86,8 @@ def plot_run(report: dict, path: Path, trace_series: tuple[np.ndarray, np.ndarra
             ax3.step(t, widths, where="post", color="tab:orange", label="chosen width (-1: local)")
             ax3.set_ylabel("width")
             ax3.legend(loc="upper right")
+        if adaptive and timeline[adaptive]:  # the trace repeats for far longer than a run: show the run
+            ax2.set_xlim(0, max(p["t"] for p in timeline[adaptive]) * 1.02)
         ax2.set_xlabel("time (s)")
         ax2.set_ylabel("Mbit/s")
         ax2.legend(loc="upper left")
