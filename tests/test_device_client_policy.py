@@ -106,6 +106,20 @@ def test_none_fits_narrowest_or_local():
     assert p.decide(link(2e6), 150, connected=False).local  # server unreachable: run here
 
 
+def test_local_fallback_probes_the_link_and_returns_when_it_recovers():
+    p = fresh(local_ms=60.0, probe_every=5)
+    decisions = [p.decide(link(20e3), 150) for _ in range(15)]
+    # a run of local frames, every fifth one a narrowest-width probe that measures the link
+    assert [d.local for d in decisions] == [True, True, True, True, False] * 3
+    assert all(d.width == 0 for d in decisions if not d.local)
+    # the estimate the probes bring back shows the link recovered: offload again
+    assert not p.decide(link(2e6), 150).local
+    # a fresh collapse starts a new run of local frames before the next probe
+    assert [p.decide(link(20e3), 150).local for _ in range(5)] == [True, True, True, True, False]
+    never = fresh(local_ms=60.0, probe_every=0)
+    assert all(never.decide(link(20e3), 150).local for _ in range(30))
+
+
 def test_no_estimate_yet_keeps_the_current_width():
     p = fresh()
     assert p.decide(LinkEstimate(None, None, 0), 150).width == 3

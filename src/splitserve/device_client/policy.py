@@ -78,6 +78,7 @@ class AdaptivePolicy(Policy):
         headroom: float = 0.9,
         up_margin: float = 0.75,
         up_after: int = 3,
+        probe_every: int = 10,
     ) -> None:
         self.costs = list(costs)
         self.server_ms = server_ms
@@ -85,8 +86,12 @@ class AdaptivePolicy(Policy):
         self.headroom = headroom  # use at most this share of the deadline
         self.up_margin = up_margin  # a wider width must fit within this share to step up
         self.up_after = up_after
+        # Local frames measure nothing about the link: every probe_every-th of a run of them goes out at
+        # the narrowest width instead, so the estimate follows a link that recovers (0: never probe).
+        self.probe_every = probe_every
         self.current = len(self.costs) - 1
         self._fits_wider = 0
+        self._local_run = 0
 
     def predict_ms(self, width: int, link: LinkEstimate) -> float | None:
         if link.bandwidth_bps is None:
@@ -105,13 +110,17 @@ class AdaptivePolicy(Policy):
         if link.bandwidth_bps is None or deadline_ms <= 0:
             return Decision(local=False, width=self.current)  # nothing measured yet: stay
         budget = deadline_ms * self.headroom
+        if (self.predict_ms(0, link) or 0.0) <= budget:
+            self._local_run = 0
         fits = [w for w in range(len(self.costs)) if (self.predict_ms(w, link) or 0.0) <= budget]
         best = max(fits) if fits else None
         if best is None:
             self.current, self._fits_wider = 0, 0
             narrow = self.predict_ms(0, link)
             if self.local_ms is not None and narrow is not None and self.local_ms < narrow:
-                return Decision(local=True, predicted_ms=self.local_ms)
+                self._local_run += 1
+                if not (self.probe_every and self._local_run % self.probe_every == 0):
+                    return Decision(local=True, predicted_ms=self.local_ms)
             return Decision(local=False, width=0, predicted_ms=narrow)
         if best < self.current:  # step down at once
             self.current, self._fits_wider = best, 0
