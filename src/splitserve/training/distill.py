@@ -107,6 +107,12 @@ def distortion(student: torch.Tensor, teacher: torch.Tensor, normalize: bool) ->
     return mse / teacher.var().clamp(min=1e-6) if normalize else mse
 
 
+def adapt_beta(betas: list[float], width: int, bits: float, target: float, lr: float) -> None:
+    """Dual ascent on one width's rate constraint, gently, in log space (at most 1 % a step)."""
+    error = float(np.log(max(bits, 1e-3) / target))
+    betas[width] *= float(np.exp(np.clip(lr * error, -0.01, 0.01)))
+
+
 def stage1_epoch(
     student: EntropicStudent,
     teacher: Teacher,
@@ -152,9 +158,8 @@ def stage1_epoch(
                 )
             bits = rate_bits(lik).mean()
             loss = loss + mse + betas[w] * bits
-            if cfg.target_bits:  # dual ascent on the rate constraint, gently, in log space
-                error = float(np.log(max(bits.item(), 1e-3) / cfg.target_bits[w]))
-                betas[w] *= float(np.exp(np.clip(cfg.beta_lr * error, -0.01, 0.01)))
+            if cfg.target_bits:
+                adapt_beta(betas, w, bits.item(), cfg.target_bits[w], cfg.beta_lr)
             if w == n - 1:
                 sums["mse"] += mse.item() * len(x)
                 sums["bits"] += bits.item() * len(x)
@@ -220,6 +225,7 @@ def stage2_epoch(
     progress: bool = True,
     betas: list[float] | None = None,
     target_bits: list[float] | None = None,
+    beta_lr: float = 0.01,
 ) -> dict[str, float]:
     """One epoch of stage 2 on the codec's exact quantization (the tables are already fixed).
 
@@ -249,8 +255,7 @@ def stage2_epoch(
                 bits = rate_bits(symbol_likelihoods(student.priors[w], y_hat)).mean()
                 loss = loss + betas[w] * bits
                 if target_bits:
-                    error = float(np.log(max(bits.item(), 1e-3) / target_bits[w]))
-                    betas[w] *= float(np.exp(np.clip(0.01 * error, -0.01, 0.01)))
+                    adapt_beta(betas, w, bits.item(), target_bits[w], beta_lr)
             if w == n - 1:
                 ref = y if bool((y >= 0).all()) else t_logits.argmax(1)
                 correct += int((logits.argmax(1) == ref).sum())

@@ -256,7 +256,7 @@ def train_student(run: Run, data: TrainData, pre: nn.Module, teacher_model: nn.M
             stats = distill.stage2_epoch(
                 student, tables, ft_tail, teacher, data, s2, opt, sched, gen, rng, run.device,
                 f"stage 2 {epoch + 1}/{s2.epochs}", cfg.stage1.random_widths, run.progress,
-                betas, cfg.stage1.target_bits,
+                betas, cfg.stage1.target_bits, cfg.stage1.beta_lr,
             )  # fmt: skip
             log.info("stage 2 epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in stats.items()})
             run.state["history"].append({"phase": "stage2", "epoch": epoch + 1, **stats})
