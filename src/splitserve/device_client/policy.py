@@ -110,8 +110,6 @@ class AdaptivePolicy(Policy):
         if link.bandwidth_bps is None or deadline_ms <= 0:
             return Decision(local=False, width=self.current)  # nothing measured yet: stay
         budget = deadline_ms * self.headroom
-        if (self.predict_ms(0, link) or 0.0) <= budget:
-            self._local_run = 0
         fits = [w for w in range(len(self.costs)) if (self.predict_ms(w, link) or 0.0) <= budget]
         best = max(fits) if fits else None
         if best is None:
@@ -122,6 +120,7 @@ class AdaptivePolicy(Policy):
                 if not (self.probe_every and self._local_run % self.probe_every == 0):
                     return Decision(local=True, predicted_ms=self.local_ms)
             return Decision(local=False, width=0, predicted_ms=narrow)
+        self._local_run = 0  # a width fits: any run of local frames is over
         if best < self.current:  # step down at once
             self.current, self._fits_wider = best, 0
         elif best > self.current:  # step up one width, only after it fits with margin for a while
