@@ -54,38 +54,53 @@ def floor_ms(result: dict, name: str) -> float:
     return wire * 8 / up["rate_bps"] * 1e3 + 2 * up["delay_ms"] + row["device_ms"] + server
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="")
-    p.add_argument("--frames", type=int, default=300)
-    p.add_argument("--trace", type=Path, default=TRACE)
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    args = p.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    model = ["--model", args.model] if args.model else []
-    flat = simulate([*model, "--bandwidth", "2mbps", "--delay", "20ms", "--frames", str(args.frames)],
-                    args.out / "simulate_2mbps")  # fmt: skip
-    rows = {r["name"]: r for r in flat["strategies"]}
+def target_checks(flat: dict, traced: dict | None) -> list[tuple[str, float, float]]:
+    """(check, measured value, limit) for each target the two runs can speak to."""
     checks = []
+    rows = {r["name"]: r for r in flat["strategies"]}
     if "adaptive" in rows and "jpeg" in rows:
         ad, jp = rows["adaptive"], rows["jpeg"]
         fl = floor_ms(flat, "adaptive")
         checks.append(("adaptive p95 / physical floor <= 1.25", ad["latency_ms"]["p95"] / fl, 1.25))
         checks.append(("adaptive p95 / JPEG p95 <= 0.333", ad["latency_ms"]["p95"] / jp["latency_ms"]["p95"], 1 / 3))
         checks.append(("JPEG fidelity - adaptive fidelity <= 0", jp["accuracy"] - ad["accuracy"], 0.0))
-    if args.trace.is_file():
-        traced = simulate([*model, "--trace", str(args.trace), "--deadline", "150ms", "--frames", str(args.frames)],
-                          args.out / "simulate_trace")  # fmt: skip
-        trows = {r["name"]: r for r in traced["strategies"]}
-        if "adaptive" in trows:
-            miss = trows["adaptive"]["deadline_miss"]
-            fixed = [r["deadline_miss"] for n, r in trows.items() if n.startswith("split:")]
-            checks.append(("trace: adaptive deadline miss <= 0.05", miss, 0.05))
-            if fixed:
-                checks.append(("trace: adaptive miss - best fixed width's < 0", miss - min(fixed), 0.0))
+    trows = {r["name"]: r for r in traced["strategies"]} if traced else {}
+    if "adaptive" in trows:
+        miss = trows["adaptive"]["deadline_miss"]
+        fixed = [r["deadline_miss"] for n, r in trows.items() if n.startswith("split:")]
+        checks.append(("trace: adaptive deadline miss <= 0.05", miss, 0.05))
+        if fixed:
+            checks.append(("trace: adaptive miss - best fixed width's < 0", miss - min(fixed), 0.0))
+    return checks
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="")
+    p.add_argument("--frames", type=int, default=300)
+    p.add_argument("--trace", type=Path, default=TRACE)
+    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument("--checks-only", action="store_true",
+                   help="recompute the checks from the JSON results already in --out, without simulating")  # fmt: skip
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    model = ["--model", args.model] if args.model else []
+    flat_out, trace_out = args.out / "simulate_2mbps", args.out / "simulate_trace"
+    if args.checks_only:
+        flat = json.loads(flat_out.with_suffix(".json").read_text())
+        trace_json = trace_out.with_suffix(".json")
+        traced = json.loads(trace_json.read_text()) if trace_json.is_file() else None
     else:
-        print(f"(no trace at {args.trace}: skipping the trace run)")
-    print("\ntarget checks (measured in this run):")
+        flat = simulate([*model, "--bandwidth", "2mbps", "--delay", "20ms", "--frames", str(args.frames)], flat_out)
+        traced = None
+        if args.trace.is_file():
+            traced = simulate([*model, "--trace", str(args.trace), "--deadline", "150ms", "--frames",
+                               str(args.frames)], trace_out)  # fmt: skip
+        else:
+            print(f"(no trace at {args.trace}: skipping the trace run)")
+    checks = target_checks(flat, traced)
+    source = "from the results already in --out" if args.checks_only else "measured in this run"
+    print(f"\ntarget checks ({source}):")
     for name, value, limit in checks:
         ok = value <= limit if "< 0" not in name else value < limit
         print(f"  {'PASS' if ok else 'MISS'}  {name}: {value:.3f}")
