@@ -85,3 +85,10 @@ def fmnist():
     from splitserve.models import load
 
     return load("fmnist-split")
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    from splitserve.models import load
+
+    return load("lite0-imagenet")

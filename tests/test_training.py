@@ -8,12 +8,10 @@ import pytest
 import torch
 from conftest import BIN
 
-from splitserve.data import fashion_mnist
+from splitserve.data.samples import load_sample
 from splitserve.models import Bundle
 from splitserve.training.config import ConfigError, load_config, parse_config
 from splitserve.training.pipeline import train
-
-pytestmark = pytest.mark.skipif(not fashion_mnist.available(), reason="needs the dataset-fashion-mnist package")
 
 SMOKE = """
 seed = 3
@@ -21,6 +19,8 @@ seed = 3
 name = "smoke"
 sample = "fmnist-test"
 [data]
+dataset = "sample"
+root = "fmnist-test"
 train_limit = 768
 test_limit = 200
 [teacher]
@@ -64,7 +64,7 @@ def test_smoke_training_learns_and_writes_a_working_bundle(smoke):
     assert teacher[-1] < teacher[0] and stage1[-1] < stage1[0]  # the losses fall
     loaded = Bundle.load(root / "models" / "smoke" / "1")
     assert loaded.sha256 == bundle.sha256 and len(loaded.widths) == 2
-    images, _ = fashion_mnist.load("test")
+    images, _ = load_sample("fmnist-test")
     x = loaded.preprocess()(torch.from_numpy(images[:4]))
     for w in range(2):  # every width round-trips through real bytes
         y = loaded.device_stage("entropic", w)(x)
@@ -139,8 +139,9 @@ def test_eval_cli_json_schema(tmp_path, fmnist):
     widths = report["widths"]
     assert [w["width"] for w in widths] == list(range(fmnist.student.widths))
     for w in widths:
-        assert {"accuracy", "bytes_mean", "bytes_p95", "head_ms"} <= set(w) and w["bytes_mean"] > 0
+        assert {"top1", "accuracy", "agreement", "bytes_mean", "bytes_p95", "head_ms"} <= set(w)
+        assert w["bytes_mean"] > 0 and w["top1"] == w["accuracy"]
     names = {b["name"] for b in report["baselines"]}
-    assert {"png", "jpeg-q75", "jpeg-q10", "webp-q75", "fp16", "int8-zlib"} <= names
+    assert {"png", "jpeg-q75", "jpeg-q10", "webp-q75", "fp16", "int8-zstd"} <= names
     assert (tmp_path / "eval.png").stat().st_size > 10_000
     assert "teacher (unsplit" in proc.stdout

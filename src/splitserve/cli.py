@@ -2,6 +2,7 @@
 
 splitserve models                                   # the bundled models
 splitserve train --config configs/fmnist-split.toml # make a bundle
+torchrun --nproc-per-node 2 -m splitserve.cli train --config ...  # data-parallel, one or many machines
 splitserve eval --model fmnist-split --json out.json --plot out.png
 splitserve export --model fmnist-split --width 0 --format onnx --out heads/
 """
@@ -53,12 +54,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 2
     if args.device:
         cfg.device = args.device
+    if args.data_root:
+        cfg.data.root = args.data_root
     work = Path(args.work) if args.work else Path("runs") / f"{cfg.model.name}-{cfg.model.version}"
     try:
         bundle = train(cfg, Path(args.out), work, resume=args.resume, progress=not args.no_progress)
     except (ConfigError, FileNotFoundError) as exc:
         print(f"splitserve train: {exc}", file=sys.stderr)
         return 1
+    if bundle is None:  # a torchrun rank other than 0: rank 0 wrote the bundle
+        return 0
     print(f"wrote {bundle.path} (sha256 {bundle.sha256[:16]})")
     for w in bundle.widths:
         acc = w.get("accuracy") if w.get("accuracy") is not None else w.get("agreement")
@@ -107,32 +112,68 @@ def _eval_data(bundle, source: str, limit: int):  # type: ignore[no-untyped-def]
 NO_LABELS = " (no labels: fidelity is top-1 agreement with the unsplit teacher)"
 
 
+def _labelled_eval_data(bundle, root: str, limit: int, include_trained: bool):  # type: ignore[no-untyped-def]
+    """(images, labels, description) of a folder with a labels.tsv, less the images the model was trained on."""
+    from splitserve.data import labelled
+
+    channels, height, width = bundle.input.shape
+    if channels != 3 or height != width:
+        raise ValueError(f"--images needs a model with square RGB input; {bundle.name} takes {bundle.input.shape}")
+    rows = labelled.read_labels(root, num_classes=len(bundle.labels))
+    trained = set(bundle.manifest.get("training", {}).get("images") or [])
+    kept = rows if include_trained else [r for r in rows if r.file not in trained]
+    if not kept:
+        raise ValueError(f"{bundle.name} was trained on every image in {root}; --include-trained evaluates anyway")
+    if limit:
+        kept = kept[:limit]
+    print(f"reading {len(kept)} images from {root} (short side {round(height * 8 / 7)}, centre crop {height})",
+          flush=True)  # fmt: skip
+    images, labels = labelled.eval_frames(root, kept, height)
+    left_out = sum(r.file in trained for r in rows)
+    what = f"labelled images of {root}"
+    if trained and not include_trained:
+        what += f" (left out: {left_out} images {bundle.name} was trained on)"
+    return images, labels, what
+
+
+def _entry(result, labels_known: bool) -> dict:  # type: ignore[no-untyped-def]
+    return {"top1": result.accuracy if labels_known else None, "accuracy": result.accuracy,
+            "agreement": result.agreement, "bytes_mean": result.bytes_mean, "bytes_p95": result.bytes_p95}  # fmt: skip
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    import time
+
+    from tqdm import tqdm
+
     from splitserve.models.zoo import load
-    from splitserve.training.evaluate import baseline_specs, evaluate_baseline, evaluate_bundle
+    from splitserve.training.evaluate import baseline_specs, evaluate_baseline, evaluate_bundle, predict_local
 
+    started = time.perf_counter()
     bundle = load(args.model)
-    images, labels, what = _eval_data(bundle, args.data, args.limit)
+    if args.images:
+        images, labels, what = _labelled_eval_data(bundle, args.images, args.limit, args.include_trained)
+    else:
+        images, labels, what = _eval_data(bundle, args.data, args.limit)
     print(f"{bundle.name}:{bundle.version} on {len(images)} {what}"
-          f"{'' if labels is not None else NO_LABELS}")  # fmt: skip
-    teacher, widths = evaluate_bundle(bundle, images, labels, args.batch_size, progress=not args.no_progress)
-    from splitserve.training.evaluate import predict_local
-
+          f"{'' if labels is not None else NO_LABELS}", flush=True)  # fmt: skip
+    progress = not args.no_progress
     teacher_top1 = predict_local(bundle, images, args.batch_size)
+    teacher, widths = evaluate_bundle(bundle, images, labels, args.batch_size, progress, teacher_top1)
     baselines = []
     if not args.no_baselines:
-        from tqdm import tqdm
-
-        for name, codec, params in tqdm(baseline_specs(), desc="baselines", disable=args.no_progress, leave=False):
+        specs = baseline_specs()
+        for name, codec, params in tqdm(specs, desc="baselines", disable=not progress, leave=False, unit="codec"):
             baselines.append(evaluate_baseline(bundle, name, codec, params, images, labels, teacher_top1,
-                                               args.batch_size))  # fmt: skip
+                                               args.batch_size, progress))  # fmt: skip
     metric = "accuracy" if labels is not None else "agreement"
     acc = teacher["accuracy"]
     print(f"teacher (unsplit, on this device {teacher['device_ms']:.2f} ms/frame): "
-          f"{'accuracy ' + format(acc, '.4f') if acc is not None else 'agreement 1.0000 (by definition)'}")  # fmt: skip
-    # with labels the table shows accuracy and agreement; without, agreement is the accuracy column
+          f"{'top-1 ' + format(acc, '.4f') if acc is not None else 'agreement 1.0000 (by definition)'}")  # fmt: skip
+    # with labels the table shows top-1 and agreement; without, agreement is the only column
+    first = "top-1" if labels is not None else "agreement"
     second = "agreement" if labels is not None else ""
-    print(f"{'width':<6}{'fraction':>9}{'channels':>9}{metric:>11}{second:>11}{'bytes mean':>12}"
+    print(f"{'width':<6}{'fraction':>9}{'channels':>9}{first:>11}{second:>11}{'bytes mean':>12}"
           f"{'bytes p95':>11}{'head ms':>9}")  # fmt: skip
     for r in widths:
         value = r.accuracy if r.accuracy is not None else r.agreement
@@ -140,20 +181,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"{r.width:<6}{r.fraction:>9.2f}{r.channels:>9}{value:>11.4f}{extra:>11}"
               f"{r.bytes_mean:>12.1f}{r.bytes_p95:>11.1f}{r.head_ms:>9.3f}")  # fmt: skip
     if baselines:
-        print(f"{'baseline':<12}{metric:>11}{second:>11}{'bytes mean':>12}")
+        print(f"{'baseline':<12}{first:>11}{second:>11}{'bytes mean':>12}{'bytes p95':>11}")
         for b in baselines:
             value = b.accuracy if b.accuracy is not None else b.agreement
             extra = format(b.agreement, ".4f") if second else ""
-            print(f"{b.name:<12}{value:>11.4f}{extra:>11}{b.bytes_mean:>12.1f}")
+            print(f"{b.name:<12}{value:>11.4f}{extra:>11}{b.bytes_mean:>12.1f}{b.bytes_p95:>11.1f}")
+    known = labels is not None
     report = {
         "model": f"{bundle.name}:{bundle.version}", "frames": int(len(images)), "data": what,
-        "metric": metric, "teacher": teacher,
-        "widths": [{"width": r.width, "fraction": r.fraction, "channels": r.channels, "accuracy": r.accuracy,
-                    "agreement": r.agreement, "bytes_mean": r.bytes_mean, "bytes_p95": r.bytes_p95,
+        "metric": metric, "teacher": {**teacher, "top1": teacher["accuracy"]},
+        "widths": [{"width": r.width, "fraction": r.fraction, "channels": r.channels, **_entry(r, known),
                     "head_ms": r.head_ms} for r in widths],
-        "baselines": [{"name": b.name, "accuracy": b.accuracy, "agreement": b.agreement,
-                       "bytes_mean": b.bytes_mean, "bytes_p95": b.bytes_p95} for b in baselines],
+        "baselines": [{"name": b.name, **_entry(b, known)} for b in baselines],
+        "seconds": round(time.perf_counter() - started, 1),
     }  # fmt: skip
+    print(f"evaluated in {report['seconds']:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     if args.plot:
@@ -163,6 +205,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def plot_rate_accuracy(report: dict, path: Path) -> None:
+    """Top-1 (or agreement) against KB per frame, log x: the split's widths and each codec's quality sweep."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,22 +214,26 @@ def plot_rate_accuracy(report: dict, path: Path) -> None:
     key = "accuracy" if report["metric"] == "accuracy" else "agreement"
     fig, ax = plt.subplots(figsize=(8, 5))
     w = report["widths"]
-    ax.plot([r["bytes_mean"] for r in w], [r[key] for r in w], "o-", color="tab:red", label="split, entropic (widths)")
+    ax.plot([r["bytes_mean"] / 1000 for r in w], [r[key] for r in w], "o-", color="tab:red", lw=2,
+            label="split, entropic (widths)", zorder=3)  # fmt: skip
+    for r in w:
+        ax.annotate(f"w{r['width']}", (r["bytes_mean"] / 1000, r[key]), textcoords="offset points", xytext=(4, -10),
+                    fontsize=7, color="tab:red")  # fmt: skip
     groups: dict[str, list] = {}
     for b in report["baselines"]:
         groups.setdefault(b["name"].split("-")[0], []).append(b)
     for name, items in groups.items():
         items.sort(key=lambda b: b["bytes_mean"])
-        ax.plot([b["bytes_mean"] for b in items], [b[key] for b in items], "s--" if len(items) > 1 else "s",
-                label=name)  # fmt: skip
-    if report["teacher"]["accuracy"] is not None:
+        ax.plot([b["bytes_mean"] / 1000 for b in items], [b[key] for b in items], "s--" if len(items) > 1 else "s",
+                label=name if len(items) == 1 else f"{name} (quality sweep)", alpha=0.8)  # fmt: skip
+    if report["teacher"].get("accuracy") is not None:
         ax.axhline(report["teacher"]["accuracy"], color="0.5", linestyle=":", label="teacher (unsplit)")
     ax.set_xscale("log")
-    ax.set_xlabel("bytes per frame (log)")
+    ax.set_xlabel("KB per frame (log)")
     ax.set_ylabel("top-1 accuracy" if key == "accuracy" else "top-1 agreement with the teacher")
     ax.set_title(f"{report['model']}: rate vs {key} ({report['frames']} frames)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -224,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--work", help="checkpoint directory (default runs/<name>-<version>)")
     t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work")
     t.add_argument("--device", help="cpu | cuda (default: the config's, auto)")
+    t.add_argument("--data-root", help="the dataset's folder (overrides [data] root)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     t.set_defaults(func=cmd_train)
 
@@ -231,6 +279,17 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--model", required=True, help="model name or bundle directory")
     e.add_argument("--data", choices=["auto", "sample"], default="auto",
                    help="auto: the model's test set when installed, else its shipped sample")  # fmt: skip
+    e.add_argument(
+        "--images",
+        metavar="DIR",
+        help="a folder of labelled images with a labels.tsv (file, index, wnid, name), e.g. an ImageNet "
+        "validation subset; evaluated with ImageNet preprocessing (short side 256, centre crop 224)",
+    )
+    e.add_argument(
+        "--include-trained",
+        action="store_true",
+        help="with --images: keep the images the model was trained on (left out by default)",
+    )
     e.add_argument("--limit", type=int, default=0, help="evaluate on the first N frames only")
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--no-baselines", action="store_true", help="skip PNG / JPEG / WebP / fp16 / int8")

@@ -1,7 +1,8 @@
 """Training configuration: one TOML file describes how a bundle is made.
 
     [model]    name, version, description
-    [data]     dataset ("fashion-mnist", "imagefolder", "photos"), root, input normalization
+    [data]     dataset ("fashion-mnist", "imagefolder", "labelled", "photos", or "sample": a sample
+               shipped in the package, named by root, for smoke runs), root, input normalization
     [teacher]  family, args, weights (empty: train it here), split layer, distilled layers
     [student]  encoder stages, bottleneck channels, width fractions, decoder size
     [stage1]   head distillation: epochs, lr, beta (rate weight), batch size
@@ -46,6 +47,15 @@ class DataSection:
     crops_per_epoch: int = 2048
     holdout: list[str] = field(default_factory=list)
     workers: int = 0
+    # labelled dataset (a folder with labels.tsv): images whose class index is a multiple of
+    # holdout_modulo are never trained on and are the test set
+    holdout_modulo: int = 10
+    # labelled dataset, function matching: images kept in memory at this short side, random
+    # resized crops of at least crop_scale_min of the area, colour jitter, mixup of this fraction
+    short_side: int = 320
+    crop_scale_min: float = 0.25
+    jitter: float = 0.3
+    mixup: float = 0.5
 
 
 @dataclass
@@ -96,7 +106,8 @@ class Stage1Section:
     # codec pays) or "noise" (compressai's additive-uniform-noise proxy)
     rate_proxy: str = "ste"
     # with a student prefix and no distilled tail layers: precompute this many frames'
-    # teacher features once and train every epoch on them (0: fresh frames each step)
+    # prefix outputs, teacher features and logits once; both stages train every epoch on
+    # them (0: fresh frames each step)
     cache: int = 0
 
 
@@ -204,8 +215,8 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("[stage1] beta needs one value, or one per width")
     if cfg.stage1.rate_proxy not in ("ste", "noise"):
         raise ConfigError(f"[stage1] rate_proxy must be 'ste' or 'noise', got {cfg.stage1.rate_proxy!r}")
-    if cfg.stage1.cache and (not s.prefix or cfg.teacher.distill or cfg.stage1.kd_weight):
-        raise ConfigError("[stage1] cache needs [student] prefix, an empty [teacher] distill list and no kd_weight")
+    if cfg.stage1.cache and (not s.prefix or cfg.teacher.distill):
+        raise ConfigError("[stage1] cache needs [student] prefix and an empty [teacher] distill list")
     if cfg.stage1.target_bits and (
         len(cfg.stage1.target_bits) != len(s.fractions) or any(t <= 0 for t in cfg.stage1.target_bits)
     ):

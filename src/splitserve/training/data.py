@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +92,8 @@ class TrainData:
     test_images: np.ndarray  # uint8 (N, H, W, C)
     test_labels: np.ndarray  # int64 (N,), -1 where unknown
     labels: list[str]
+    # the files trained on, when they come from a labelled folder: evaluation leaves them out
+    train_files: list[str] = field(default_factory=list)
 
     @property
     def has_labels(self) -> bool:
@@ -133,8 +135,47 @@ def build_data(cfg: DataSection, seed: int, device: str = "cpu") -> TrainData:
         size = (cfg.input_shape[1], cfg.input_shape[2])
         tx, ty, classes = _load_folder_eval(eval_dir, size, cfg.test_limit)
         return TrainData(ImageFolderFrames(train_dir, size, cfg.workers), tx, ty, cfg.labels or classes)
+    if cfg.dataset == "sample":
+        from splitserve.data.samples import load_sample
+
+        images, labels = load_sample(cfg.root)
+        n_test = cfg.test_limit or max(1, len(images) // 5)
+        x, y = _limit(images[n_test:], labels[n_test:], cfg.train_limit)
+        return TrainData(TensorFrames(x, y), images[:n_test], labels[:n_test], cfg.labels or [str(i) for i in
+                         range(int(labels.max()) + 1)])  # fmt: skip
+    if cfg.dataset == "labelled":
+        return _labelled(cfg)
     if cfg.dataset == "photos":
         from splitserve.data import photos
 
         return photos.build_train_data(cfg, seed, device)
-    raise ConfigError(f"[data] unknown dataset {cfg.dataset!r}; use fashion-mnist, imagefolder or photos")
+    raise ConfigError(
+        f"[data] unknown dataset {cfg.dataset!r}; use fashion-mnist, imagefolder, labelled, photos or sample"
+    )
+
+
+def _labelled(cfg: DataSection) -> TrainData:
+    """A folder with a labels.tsv: the held-out classes are the test set, the rest trains by function matching."""
+    from splitserve.data import labelled
+    from splitserve.data.photos import imagenet_labels
+    from splitserve.training.augment import Augmentation, AugmentedImages
+
+    if not cfg.root:
+        raise ConfigError('[data] dataset = "labelled" needs root = "<folder with labels.tsv>"')
+    try:
+        rows = labelled.read_labels(cfg.root)
+    except labelled.LabelsError as exc:
+        raise ConfigError(f"[data] {exc}") from None
+    train_rows, test_rows = labelled.held_out(rows, cfg.holdout_modulo)
+    if not train_rows or not test_rows:
+        raise ConfigError(f"[data] holdout_modulo = {cfg.holdout_modulo} leaves no training or no held-out images")
+    train_rows, test_rows = _limit_rows(train_rows, cfg.train_limit), _limit_rows(test_rows, cfg.test_limit)
+    size = cfg.input_shape[1]
+    aug = Augmentation(size=size, scale=(cfg.crop_scale_min, 1.0), jitter=cfg.jitter, mixup=cfg.mixup)
+    source = AugmentedImages(labelled.load_images(cfg.root, train_rows, cfg.short_side), cfg.crops_per_epoch, aug)
+    tx, ty = labelled.eval_frames(cfg.root, test_rows, size)
+    return TrainData(source, tx, ty, cfg.labels or imagenet_labels(), [r.file for r in train_rows])
+
+
+def _limit_rows(rows: list, n: int) -> list:
+    return rows[:n] if n else rows

@@ -35,26 +35,23 @@ from splitserve.training import teacher as teacher_training
 from splitserve.training.config import ConfigError, TrainConfig
 from splitserve.training.data import TrainData, build_data
 from splitserve.training.evaluate import evaluate_bundle
+from splitserve.training.parallel import World, sharded
 
 log = logging.getLogger("splitserve.train")
 PHASES = ("teacher", "stage1", "stage2", "done")
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 class Run:
     """One training run: its state, and the checkpoint it lives in."""
 
-    def __init__(self, cfg: TrainConfig, work: Path, resume: bool, progress: bool = True) -> None:
+    def __init__(self, cfg: TrainConfig, work: Path, resume: bool, progress: bool = True,
+                 world: World | None = None) -> None:  # fmt: skip
         self.cfg = cfg
-        self.progress = progress
+        self.world = world or World()
+        self.progress = progress and self.world.main  # one progress bar, not one per rank
         self.work = work
         self.ckpt = work / "checkpoint.pt"
-        self.device = pick_device(cfg.device)
+        self.device = self.world.device(cfg.device)
         self.state: dict[str, Any] = {"phase": "teacher", "epoch": 0, "history": []}
         work.mkdir(parents=True, exist_ok=True)
         if resume:
@@ -68,6 +65,8 @@ class Run:
 
     def save(self, **parts: Any) -> None:
         self.state.update(parts)
+        if not self.world.main:  # every rank holds the same state; one writes it
+            return
         tmp = self.ckpt.with_suffix(".tmp")
         torch.save(self.state, tmp)
         tmp.replace(self.ckpt)
@@ -117,7 +116,7 @@ def train_teacher(run: Run, data: TrainData, pre: nn.Module) -> nn.Module:
     if _phase_done(run, "teacher"):
         model.load_state_dict(run.state["teacher"])
         return model.eval()
-    steps_per_epoch = -(-len(data.train) // cfg.teacher.batch_size)
+    steps_per_epoch = -(-len(sharded(data.train, run.world)) // cfg.teacher.batch_size)
     opt, sched = teacher_training.make_optimizer(model, cfg.teacher, steps_per_epoch * cfg.teacher.epochs)
     gen, _ = run.seed_streams("teacher")
     rng = random.Random(0)
@@ -137,6 +136,7 @@ def train_teacher(run: Run, data: TrainData, pre: nn.Module) -> nn.Module:
             run.device,
             f"teacher {epoch + 1}/{cfg.teacher.epochs}",
             run.progress,
+            run.world,
         )
         acc = teacher_training.accuracy(model, pre, data, run.device) if data.has_labels else None
         log.info("teacher epoch %d: loss %.4f, test accuracy %s", epoch + 1, loss, acc)
@@ -174,27 +174,28 @@ def train_student(run: Run, data: TrainData, pre: nn.Module, teacher_model: nn.M
             "make the product of the encoder strides match the teacher's downsampling at the split"
         )
 
+    cached = None
+    if cfg.stage1.cache and not _phase_done(run, "stage2"):
+        # a fixed set of views for both stages, rebuilt identically on resume from its own seed
+        cached = distill.CachedTargets(
+            student,
+            teacher,
+            sharded(data.train, run.world),
+            cfg.stage1.cache // run.world.size,
+            cfg.stage1.batch_size,
+            torch.Generator().manual_seed(cfg.seed + 100),
+            run.device,
+            run.progress,
+            share=cfg.student.prefix == cfg.teacher.split,
+        )
+
     # Stage 1
     if not _phase_done(run, "stage1"):
         s1 = cfg.stage1
-        steps = -(-(s1.cache or len(data.train)) // s1.batch_size) * s1.epochs
+        steps = -(-len(cached if cached is not None else sharded(data.train, run.world)) // s1.batch_size) * s1.epochs
         opt, aux_opt, sched = distill.stage1_optimizers(student, s1, steps)
         gen, rng = run.seed_streams("stage1")
         betas = distill.initial_betas(s1, student.cfg.widths)
-        cached = None
-        if s1.cache:  # a fixed frame set, rebuilt identically on resume from its own seed
-            cache_gen = torch.Generator().manual_seed(cfg.seed + 100)
-            cached = distill.CachedTargets(
-                student,
-                teacher,
-                data.train,
-                s1.cache,
-                s1.batch_size,
-                cache_gen,
-                run.device,
-                run.progress,
-                share=cfg.student.prefix == cfg.teacher.split,
-            )
         if run.state["phase"] == "stage1" and run.state["epoch"]:
             student.load_state_dict(run.state["student"])
             opt.load_state_dict(run.state["opt"])
@@ -204,7 +205,7 @@ def train_student(run: Run, data: TrainData, pre: nn.Module, teacher_model: nn.M
         for epoch in range(run.state["epoch"], s1.epochs):
             stats = distill.stage1_epoch(
                 student, teacher, data, s1, opt, aux_opt, sched, gen, rng, run.device,
-                f"stage 1 {epoch + 1}/{s1.epochs}", betas, run.progress, cached,
+                f"stage 1 {epoch + 1}/{s1.epochs}", betas, run.progress, cached, run.world,
             )  # fmt: skip
             log.info("stage 1 epoch %d: %s", epoch + 1, stats)
             run.state["history"].append({"phase": "stage1", "epoch": epoch + 1, **stats})
@@ -243,7 +244,7 @@ def train_student(run: Run, data: TrainData, pre: nn.Module, teacher_model: nn.M
         if s2.train_encoder:
             params += [p for p in student.encoder.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=s2.lr)
-        steps = -(-len(data.train) // s2.batch_size) * s2.epochs
+        steps = -(-len(cached if cached is not None else sharded(data.train, run.world)) // s2.batch_size) * s2.epochs
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
         gen, rng = run.seed_streams("stage2")
         if run.state["phase"] == "stage2" and run.state["epoch"]:
@@ -256,7 +257,7 @@ def train_student(run: Run, data: TrainData, pre: nn.Module, teacher_model: nn.M
             stats = distill.stage2_epoch(
                 student, tables, ft_tail, teacher, data, s2, opt, sched, gen, rng, run.device,
                 f"stage 2 {epoch + 1}/{s2.epochs}", cfg.stage1.random_widths, run.progress,
-                betas, cfg.stage1.target_bits, cfg.stage1.beta_lr,
+                betas, cfg.stage1.target_bits, cfg.stage1.beta_lr, cached, run.world,
             )  # fmt: skip
             log.info("stage 2 epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in stats.items()})
             run.state["history"].append({"phase": "stage2", "epoch": epoch + 1, **stats})
@@ -284,11 +285,23 @@ def _latent_shapes(student: EntropicStudent, spec: InputSpec, device: torch.devi
         return [list(student.encoder(x, w).shape[1:]) for w in range(student.cfg.widths)]
 
 
-def train(cfg: TrainConfig, out_root: Path, work: Path, resume: bool = False, progress: bool = True) -> Bundle:
-    """Train and write ``<out_root>/<name>/<version>/``; returns the evaluated bundle."""
+def train(cfg: TrainConfig, out_root: Path, work: Path, resume: bool = False, progress: bool = True) -> Bundle | None:
+    """Train and write ``<out_root>/<name>/<version>/``; returns the evaluated bundle.
+
+    Under torchrun every rank trains its share (see ``parallel``); rank 0 writes the
+    bundle and returns it, the other ranks return None.
+    """
+    world = World()
+    try:
+        return _train(cfg, out_root, work, resume, progress, world)
+    finally:
+        world.close()
+
+
+def _train(cfg: TrainConfig, out_root: Path, work: Path, resume: bool, progress: bool, world: World) -> Bundle | None:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
-    run = Run(cfg, work, resume, progress)
+    run = Run(cfg, work, resume, progress, world)
     data = build_data(cfg.data, cfg.seed, str(run.device))
     spec = _input_spec(cfg)
     pre = Preprocess(spec).to(run.device)
@@ -297,6 +310,9 @@ def train(cfg: TrainConfig, out_root: Path, work: Path, resume: bool = False, pr
     feats = feature_shape(head.cpu(), spec.shape)
     teacher_model.to(run.device)
     student, tables, tail = train_student(run, data, pre, teacher_model, feats)
+    world.check_in_sync(student, "student")
+    if not world.main:
+        return None
 
     # The bundle
     dest = out_root / cfg.model.name / cfg.model.version
@@ -339,7 +355,7 @@ def train(cfg: TrainConfig, out_root: Path, work: Path, resume: bool = False, pr
             for w, f in enumerate(student.cfg.fractions)
         ],
         "codecs": ["entropic", "fp16", "int8", "jpeg", "webp", "png"],
-        "training": {"config": cfg.to_dict(), "history": run.state["history"]},
+        "training": {"config": cfg.to_dict(), "history": run.state["history"], "images": data.train_files},
     }
     bundle = write_bundle(dest, manifest, states, tables)
 

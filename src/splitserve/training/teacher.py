@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from splitserve.training.config import TeacherSection
 from splitserve.training.data import TrainData
+from splitserve.training.parallel import World, sharded
 
 
 @torch.inference_mode()
@@ -33,15 +34,19 @@ def train_epoch(
     device: torch.device,
     desc: str,
     progress: bool = True,
+    world: World | None = None,
 ) -> float:
+    world = world or World()
     model.train()
-    bar = tqdm(total=len(data.train), desc=desc, unit="img", leave=False, disable=not progress)
+    source = sharded(data.train, world)
+    bar = tqdm(total=len(source), desc=desc, unit="img", leave=False, disable=not progress)
     total, seen = 0.0, 0
-    for x, y in data.train.batches(cfg.batch_size, gen):
+    for x, y in source.batches(cfg.batch_size, gen):
         x, y = x.to(device), y.to(device)
         loss = F.cross_entropy(model(pre(x)), y, label_smoothing=0.05)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        world.average_gradients(model.parameters())
         opt.step()
         sched.step()
         total += loss.item() * len(x)
@@ -49,6 +54,7 @@ def train_epoch(
         bar.update(len(x))
         bar.set_postfix(loss=f"{total / seen:.3f}")
     bar.close()
+    world.average_buffers(model)
     return total / max(seen, 1)
 
 
