@@ -1,6 +1,8 @@
 """Frames and streams for tests that talk gRPC to a real edge-server process."""
 
 import queue
+import struct
+import zlib
 
 import grpc
 import torch
@@ -47,3 +49,19 @@ class Stream:
         self.requests.put(None)
         list(self.responses)
         self.channel.close()
+
+
+def png_bomb(width: int = 60000, height: int = 60000) -> bytes:
+    """A 65-byte PNG whose header claims width x height RGB pixels (a decompression bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def jpeg_bomb(width: int = 65000, height: int = 65000) -> bytes:
+    """A JPEG start-of-frame claiming width x height pixels, and nothing else."""
+    sof = struct.pack(">BHHB", 8, height, width, 3) + b"".join(bytes([i + 1, 0x11, 0]) for i in range(3))
+    return b"\xff\xd8\xff\xc0" + struct.pack(">H", len(sof) + 2) + sof + b"\xff\xd9"

@@ -3,6 +3,7 @@ import io
 import numpy as np
 import pytest
 import torch
+from helpers import jpeg_bomb, png_bomb
 from PIL import Image
 
 from splitserve.codecs import CodecError, get_decoder, get_encoder
@@ -67,3 +68,13 @@ def test_thousand_garbage_payloads_only_raise_codec_error(rgb, codec):
             assert out.shape == (32, 48, 3)
         except CodecError:
             pass
+
+
+@pytest.mark.parametrize(
+    "codec, payload",
+    [("png", png_bomb()), ("jpeg", jpeg_bomb()), ("png", png_bomb(10000, 10000)), ("jpeg", jpeg_bomb(12000, 9000))],
+)
+def test_decompression_bombs_are_codec_errors(codec, payload):
+    # beyond PIL's hard limit (an error) and between its soft and hard limits (a warning)
+    with pytest.raises(CodecError, match="huge size"):
+        get_decoder(codec, shape=(32, 48, 3)).decode(payload, (32, 48, 3))

@@ -122,3 +122,29 @@ def test_health_and_reflection(start_server):
         responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
         services = {s.name for r in responses for s in r.list_services_response.service}
         assert "splitserve.v1.EdgeInference" in services
+
+
+def test_decompression_bombs_are_invalid_frames_with_a_short_log(start_server, fmnist):
+    from helpers import jpeg_bomb, png_bomb
+
+    server = start_server()
+    shape = list(fmnist.input.image_shape)
+    bombs = [("png", png_bomb()), ("jpeg", jpeg_bomb()), ("png", png_bomb(10000, 10000))]
+    frames = [pb.Frame(frame_id=i, model=fmnist.name, codec=c, payload=p, shape=shape) for i, (c, p) in
+              enumerate(bombs * 10)]  # fmt: skip
+    with grpc.insecure_channel(server.address) as ch:
+        stub = pb_grpc.EdgeInferenceStub(ch)
+        for frame in frames[:3]:
+            r = stub.Infer(frame)
+            assert r.status == S.INVALID_FRAME and "huge size" in r.error, (S.Name(r.status), r.error)
+    stream = Stream(server.address)
+    try:
+        for frame in frames:
+            r = stream.send(frame)
+            assert r.status == S.INVALID_FRAME and "huge size" in r.error, (S.Name(r.status), r.error)
+        assert stream.send(good_frame(fmnist, 1)).status == S.OK
+    finally:
+        stream.close()
+    log = server.stop()
+    assert "Traceback" not in log and "DecompressionBomb" not in log
+    assert len(log.splitlines()) < 10, log  # start-up and shutdown lines, nothing per frame

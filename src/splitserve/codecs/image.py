@@ -6,6 +6,7 @@ Tensors are uint8 images laid out (H, W, C) with C = 1 (grey) or 3 (RGB).
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 from collections.abc import Sequence
 
@@ -16,6 +17,9 @@ from PIL import Image
 from splitserve.codecs.base import CodecError, Decoder, Encoder
 
 _MODES = {1: "L", 3: "RGB"}
+# warnings.catch_warnings swaps process-wide state: decoder threads take turns around Image.open
+# (it reads the header only; pixels are decoded outside the lock).
+_HEADER_LOCK = threading.Lock()
 
 
 def _image_shape(shape: Sequence[int]) -> tuple[int, int, int]:
@@ -55,17 +59,20 @@ class _ImageDecoder(Decoder):
     def decode(self, payload: bytes, shape: Sequence[int]) -> torch.Tensor:
         h, w, c = self.check_shape(shape)
         try:
-            with warnings.catch_warnings():
+            with _HEADER_LOCK, warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 img = Image.open(io.BytesIO(payload), formats=[self.pil_format])
-                # The header is read; check it before decoding any pixels.
-                if img.size != (w, h):
-                    raise CodecError(f"{self.codec_id}: image is {img.size[0]}x{img.size[1]}, expected {w}x{h}")
-                img = img.convert(_MODES[c])
-                arr = np.asarray(img, dtype=np.uint8)
+            # The header is read; check it before decoding any pixels.
+            if img.size != (w, h):
+                raise CodecError(f"{self.codec_id}: image is {img.size[0]}x{img.size[1]}, expected {w}x{h}")
+            img = img.convert(_MODES[c])
+            arr = np.asarray(img, dtype=np.uint8)
         except CodecError:
             raise
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning) as exc:
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            # Image.open read a header claiming more pixels than PIL will decode: refused unread
+            raise CodecError(f"{self.codec_id}: the image header claims a huge size; expected {w}x{h}") from None
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:
             raise CodecError(f"{self.codec_id}: cannot decode image ({exc})") from None
         return torch.from_numpy(arr.reshape(h, w, c).copy())
 

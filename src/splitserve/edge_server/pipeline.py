@@ -38,15 +38,16 @@ class InferencePipeline:
         self.cfg = cfg
         self.decode_pool = decode_pool
         self.metrics: ServerMetrics | None = None  # set by the server when metrics are on
+        self._failures_seen: set[str] = set()
 
     async def infer(self, frame: pb.Frame, received_us: int, t0: float) -> pb.Result:
         """The Result for one frame. ``t0`` is time.perf_counter() when it was read off the wire."""
         m = self.metrics
         if m is None:
-            return (await self._infer(frame, received_us, t0))[0]
+            return (await self._guarded(frame, received_us, t0))[0]
         m.inflight.inc()
         try:
-            result, labels = await self._infer(frame, received_us, t0)
+            result, labels = await self._guarded(frame, received_us, t0)
         finally:
             m.inflight.dec()
         m.frames_received.labels(*labels).inc()
@@ -58,6 +59,24 @@ class InferencePipeline:
             m.decode.labels(*labels).observe(t.decode_ms / 1e3)
             m.queue.labels(*labels).observe(t.queue_ms / 1e3)
         return result
+
+    async def _guarded(self, frame: pb.Frame, received_us: int, t0: float) -> tuple[pb.Result, tuple[str, str, str]]:
+        """A bug costs one frame an INTERNAL result (on Infer and Stream alike), never the call.
+
+        Frames come from anyone, so the log stays short: a traceback for the first failure of
+        each kind, one line for every repeat.
+        """
+        try:
+            return await self._infer(frame, received_us, t0)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
+            first = kind not in self._failures_seen
+            self._failures_seen.add(kind)
+            log.error("frame %d failed unexpectedly: %s: %.200s", frame.frame_id, kind, exc, exc_info=first)
+            error = f"internal error ({type(exc).__name__}); the server log has the details"
+            return self._fail(frame, Status.INTERNAL, error, received_us, t0), (UNKNOWN, UNKNOWN, UNKNOWN)
 
     def _fail(self, frame: pb.Frame, status: int, error: str, received_us: int, t0: float) -> pb.Result:
         return pb.Result(
