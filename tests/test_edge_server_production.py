@@ -269,3 +269,60 @@ def test_config_file(start_server, tmp_path, fmnist):
     stream.close()
     first = server.stop().splitlines()[0]
     assert json.loads(first)["logger"].startswith("splitserve")
+
+
+class _RunsCodeWhenUnpickled:
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def add_pickled_version(repo, fmnist, version: str, marker, file: str = "head.pt") -> None:
+    """A version whose ``file`` is a pickled object (not weights), with a matching sha256 in its manifest."""
+    import hashlib
+    import pickle
+
+    dest = repo / fmnist.name / version
+    tmp = repo / f".{version}.tmp"
+    shutil.copytree(fmnist.path, tmp)
+    data = pickle.dumps(_RunsCodeWhenUnpickled(marker))
+    (tmp / file).write_bytes(data)
+    manifest = json.loads((tmp / "manifest.json").read_text())
+    manifest["version"] = version
+    manifest["files"][file] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    (tmp / "manifest.json").write_text(json.dumps(manifest))
+    tmp.rename(dest)
+
+
+def test_a_bundle_holding_a_pickled_object_is_refused_alone(start_server, repo, fmnist, tmp_path):
+    marker = tmp_path / "code-ran"
+    add_pickled_version(repo, fmnist, "2", marker)  # there at start-up: the server must still start
+    server = start_server("--models", str(repo), "--poll-interval", "0.2")
+    stream = Stream(server.address)
+    try:
+        r = stream.send(good_frame(fmnist, 1))
+        assert r.status == S.OK and r.version == "1"
+        add_pickled_version(repo, fmnist, "4", marker, "tail.pt")  # a later bad one does not stop newer ones
+        add_version(repo, fmnist, "5")
+        deadline = time.time() + 60
+        while True:
+            r = stream.send(good_frame(fmnist, 2))
+            assert r.status == S.OK, r.error
+            if r.version == "5":
+                break
+            assert time.time() < deadline, "version 5 never appeared"
+            time.sleep(0.2)
+        pinned = good_frame(fmnist, 3)
+        pinned.version = "2"
+        assert stream.send(pinned).status == S.UNKNOWN_MODEL
+    finally:
+        stream.close()
+    log = server.stop()
+    refused = [line for line in log.splitlines() if "refusing model bundle" in line]
+    assert len(refused) == 2 and any("/2:" in x for x in refused) and any("/4:" in x for x in refused), log
+    assert "Traceback" not in log
+    assert not marker.exists()  # weights_only loading never ran the pickled code

@@ -20,7 +20,7 @@ from splitserve.codecs import IMAGE_CODECS, Decoder
 from splitserve.edge_server.batcher import Batcher
 from splitserve.edge_server.config import BatchingConfig, model_batching
 from splitserve.edge_server.runner import DeviceWorker, TailRunner, stage_key
-from splitserve.models.bundle import Bundle, BundleError
+from splitserve.models.bundle import HEAD_FILE, Bundle
 from splitserve.models.zoo import BUNDLED, bundle_dirs, version_key
 
 log = logging.getLogger("splitserve.server")
@@ -49,6 +49,8 @@ class ServedModel:
 def _load(path: Path, worker: DeviceWorker, batching: BatchingConfig) -> ServedModel:
     """Off the event loop: verify the bundle, build every tail on the device, warm each up."""
     bundle = Bundle.load(path)
+    if bundle.has_file(HEAD_FILE):
+        bundle.encoder()  # the head goes to devices (GetHead): it too must load, as weights only
     runners: dict[str, TailRunner] = {}
     for codec in bundle.codecs:
         if codec == "entropic":
@@ -85,15 +87,21 @@ class ModelRepository:
             for version, path in sorted(versions.items(), key=lambda kv: version_key(kv[0])):
                 if version in self._models.get(name, {}):
                     continue
-                mtime = (path / "manifest.json").stat().st_mtime
+                try:
+                    mtime = (path / "manifest.json").stat().st_mtime
+                except OSError:
+                    continue  # removed while this scan ran
                 if self._refused.get(path) == mtime:
                     continue
                 try:
                     batching = model_batching(self.batching, path.parent, self.overrides)
                     served = await asyncio.to_thread(_load, path, self.worker, batching)
-                except (BundleError, ValueError, OSError, RuntimeError) as exc:
+                except Exception as exc:  # noqa: BLE001 - any way a bundle fails to load refuses it alone
+                    # A bundle is data from disk: torch.load(weights_only=True) refusing a pickled
+                    # object raises UnpicklingError, a broken npz BadZipFile, a wrong state KeyError...
+                    # Whatever it is, this version is refused and every other one keeps loading.
                     self._refused[path] = mtime
-                    log.error("refusing model bundle %s: %s", path, exc)
+                    log.error("refusing model bundle %s: %s: %.300s", path, type(exc).__name__, exc)
                     if self.metrics is not None:
                         self.metrics.model_loaded(name, version, False)
                     continue
