@@ -4,6 +4,7 @@ import asyncio
 import signal
 import subprocess
 import time
+import urllib.request
 
 import numpy as np
 import pytest
@@ -44,39 +45,118 @@ def test_unreachable_server_is_a_clear_error():
         SplitClient(f"127.0.0.1:{free_port()}", "fmnist-split", connect_timeout=1.0)
 
 
+def inflight_frames(metrics_port: int) -> float:
+    """The server's splitserve_inflight_frames gauge (frames it holds and has not answered)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("splitserve_inflight_frames"))  # fmt: skip
+
+
+def wait_until(condition, what: str, timeout: float = 60.0) -> None:
+    end = time.time() + timeout
+    while not condition():
+        assert time.time() < end, f"gave up waiting for {what}"
+        time.sleep(0.05)
+
+
 def test_reconnects_after_a_server_restart_and_accounts_for_every_frame(fmnist):
-    port = free_port()
-    server = ServerProcess([], port)
+    """Frames the dead server held are sent again; the restarted server's window is respected."""
+    port, metrics_port = free_port(), free_port()
+    # frames wait 3 s for their batch, so they are surely on the server when it dies
+    server = ServerProcess(["--max-delay-ms", "3000", "--max-batch", "64", "--metrics-port", str(metrics_port),
+                            "--metrics-host", "127.0.0.1"], port)  # fmt: skip
     wait_healthy(port, server.proc)
     images, _ = load_sample("fmnist-test")
-    client = SplitClient(f"127.0.0.1:{port}", "fmnist-split", deadline_ms=3000, max_backoff_s=0.5)
+    client = SplitClient(f"127.0.0.1:{port}", "fmnist-split", deadline_ms=120_000, max_backoff_s=0.5)
     futures = []
     try:
-        for i in range(20):
-            futures.append(client.submit(images[i]))
-            time.sleep(0.01)
+        futures += [client.submit(images[i]) for i in range(8)]
+        wait_until(lambda: inflight_frames(metrics_port) >= 8, "the server to hold 8 frames")
         server.proc.send_signal(signal.SIGKILL)  # the link dies with frames in flight
         server.proc.wait(10)
-        for i in range(20, 30):
-            futures.append(client.submit(images[i]))
-        time.sleep(0.5)
-        server = ServerProcess([], port)
+        futures += [client.submit(images[i]) for i in range(8, 40)]  # held while the server is down
+        # back with a window of 4: the 40 held frames must not be thrown at it at once
+        server = ServerProcess(["--max-inflight-per-stream", "4"], port)
         wait_healthy(port, server.proc)
-        deadline = time.time() + 30
-        while not client.client.connected and time.time() < deadline:
-            time.sleep(0.1)
-        for i in range(30, 50):
-            futures.append(client.submit(images[i]))
-        results = [f.result(timeout=60) for f in futures]
+        wait_until(lambda: client.client.connected, "the client to reconnect")
+        futures += [client.submit(images[i]) for i in range(40, 50)]
+        results = [f.result(timeout=120) for f in futures]
     finally:
         client.close()
         server.stop()
     assert len(results) == 50 and len({r.frame_id for r in results}) == 50  # exactly one outcome each
-    for r in results:
-        assert r.status == "OK" or (r.status in ("FAILED", "DEADLINE_EXCEEDED") and r.error), r
-    assert all(r.ok for r in results[30:])  # after the restart everything works again
+    assert [r.status for r in results] == ["OK"] * 50, {r.status: r.error for r in results if not r.ok}
+    assert all(r.attempts >= 2 for r in results[:8])  # the frames the dead server held were sent again
     assert client.client.reconnects >= 1
-    assert any(r.attempts > 1 and r.ok for r in results[:30]) or all(r.ok for r in results[:20])
+
+
+def test_a_server_that_dies_for_good_costs_each_frame_its_deadline_and_no_more(fmnist):
+    port = free_port()
+    server = ServerProcess([], port)
+    wait_healthy(port, server.proc)
+    images, _ = load_sample("fmnist-test")
+    deadline_ms = 1000
+    client = SplitClient(f"127.0.0.1:{port}", "fmnist-split", deadline_ms=deadline_ms, max_backoff_s=0.5)
+    try:
+        first = client.infer(images[0])
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(10)
+        futures = [client.submit(images[i]) for i in range(1, 21)]
+        # A hang would show here: every frame must end (by its 1 s deadline) while no server exists.
+        results = [f.result(timeout=120) for f in futures]
+    finally:
+        client.close()
+        server.stop()
+    assert first.ok
+    assert len({r.frame_id for r in results}) == 20
+    for r in results:
+        assert r.status == "DEADLINE_EXCEEDED" and r.error, r
+    # the client's own clock: no frame is reported as answered after its deadline
+    assert not [r for r in [first, *results] if r.ok and r.latency_ms > deadline_ms]
+
+
+def test_a_result_after_the_deadline_is_a_miss_also_across_a_restart(fmnist):
+    port = free_port()
+    server = ServerProcess([], port)
+    wait_healthy(port, server.proc)
+    images, _ = load_sample("fmnist-test")
+    deadline_ms = 1000
+    client = SplitClient(f"127.0.0.1:{port}", "fmnist-split", deadline_ms=deadline_ms, max_backoff_s=0.2)
+    try:
+        assert client.infer(images[0]).ok
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(10)
+        futures = [client.submit(images[i]) for i in range(1, 11)]  # held while no server exists
+        server = ServerProcess([], port)
+        wait_healthy(port, server.proc)
+        wait_until(lambda: client.client.connected, "the client to reconnect")
+        futures += [client.submit(images[i]) for i in range(11, 16)]
+        results = [f.result(timeout=120) for f in futures]
+    finally:
+        client.close()
+        server.stop()
+    assert len({r.frame_id for r in results}) == 15
+    # whatever the restart took, a frame answered after its deadline is not reported OK
+    late_ok = [r for r in results if r.ok and r.latency_ms > deadline_ms]
+    assert not late_ok, late_ok
+    assert all(r.ok or (r.status == "DEADLINE_EXCEEDED" and r.error) for r in results)
+
+
+def test_frames_keep_within_the_servers_window_and_overloaded_is_retried(start_server, fmnist):
+    images, _ = load_sample("fmnist-test")
+
+    async def burst(address: str, n: int):
+        async with AsyncSplitClient(address, "fmnist-split", give_up_s=120) as client:
+            return await asyncio.gather(*(client.infer(images[i % 100]) for i in range(n)))
+
+    # a window of 4 per stream: 40 frames at once must all be answered, none OVERLOADED
+    narrow = start_server("--max-inflight-per-stream", "4", "--max-delay-ms", "20")
+    preds = asyncio.run(burst(narrow.address, 40))
+    assert [p.status for p in preds] == ["OK"] * 40, {p.status: p.error for p in preds if not p.ok}
+    # a batch queue of 1 overflows under a burst: OVERLOADED frames are sent again while time allows
+    tight = start_server("--max-queue", "1", "--max-batch", "1", "--max-delay-ms", "0")
+    preds = asyncio.run(burst(tight.address, 60))
+    assert [p.status for p in preds] == ["OK"] * 60, {p.status: p.error for p in preds if not p.ok}
 
 
 def test_cli_json_and_records(start_server, tmp_path):

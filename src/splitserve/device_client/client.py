@@ -8,15 +8,21 @@
 in flight at once: the head of the next frame runs while the previous one is on
 the wire, and results are matched to frames by id (they may return out of order).
 
-Every frame ends with exactly one Prediction. If the stream breaks, the client
-reconnects with exponential backoff and jitter; frames that were in flight are
-sent again on the new stream while their deadline allows, and otherwise end as
-FAILED with the reason. A frame never disappears silently.
+Every frame ends with exactly one Prediction, by its deadline (or, without one,
+by the client's give-up time), whatever the server or the link does: a timer per
+frame ends it, not the stream. A result that arrives after the deadline is a miss
+(DEADLINE_EXCEEDED). If the stream breaks, the client reconnects with exponential
+backoff and jitter; frames that had no result yet are sent again on the new
+stream while their deadline allows. Frames are written within the server's
+per-stream window (it says its size when the stream opens), and a frame answered
+OVERLOADED is sent again after a short wait while its deadline allows. A frame
+never disappears silently.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import itertools
 import logging
@@ -37,7 +43,7 @@ from splitserve.device_client.bundles import fetch_head, local_bundle
 from splitserve.device_client.channel import ChannelSettings, aio_channel
 from splitserve.device_client.head import EncodedFrame, HeadRunner
 from splitserve.device_client.policy import AdaptivePolicy, Decision, Policy, WidthCost, make_policy
-from splitserve.models.bundle import Bundle
+from splitserve.models.bundle import Bundle, BundleError
 from splitserve.models.zoo import DEFAULT_MODEL
 from splitserve.proto import edge_inference_pb2 as pb
 from splitserve.proto import edge_inference_pb2_grpc as pb_grpc
@@ -48,6 +54,12 @@ STATUS_NAMES = {v: k for k, v in pb.Result.Status.items()}
 GRPC_FRAMING = 9 + 5
 # what a Frame message adds around its payload: ids, model name, bundle sha256, shape, ...
 FRAME_OVERHEAD = 140
+# The stream's initial metadata carries the server's in-flight window (frames per stream).
+WINDOW_METADATA = "splitserve-max-inflight"
+DEFAULT_WINDOW = 16  # a server that does not say its window gets this many frames at once
+# Results that mean "not now": the frame is sent again while its deadline allows.
+RETRY_STATUSES = (pb.Result.Status.OVERLOADED, pb.Result.Status.UNAVAILABLE)
+RETRY_BACKOFF_S = 0.02
 
 
 def wire_bytes(frame: pb.Frame) -> int:
@@ -108,11 +120,17 @@ def _timings(t: pb.ServerTimings) -> dict[str, float]:
 
 @dataclass
 class _InFlight:
+    """One frame between infer() and its outcome (and, when written, until the server answers it)."""
+
     frame: pb.Frame
-    future: asyncio.Future
-    deadline: float  # monotonic time after which a resend is pointless
+    future: asyncio.Future  # its pb.Result; ClientError when it gets none
+    expires: float  # monotonic: its deadline, or the give-up time; the outcome is due by then
+    has_deadline: bool
     sent_at: float = 0.0
     attempts: int = 0
+    retries: int = 0  # OVERLOADED / UNAVAILABLE answers so far
+    not_before: float = 0.0  # monotonic: a frame answered OVERLOADED waits until then
+    answered_at: float = 0.0  # monotonic: when its outcome was decided
 
 
 class AsyncSplitClient:
@@ -152,21 +170,25 @@ class AsyncSplitClient:
         self.connect_timeout = connect_timeout
         self.max_backoff_s = max_backoff_s
         self.give_up_s = give_up_s
-        self.late_grace_s = 5.0
         self.bundle: Bundle | None = None
         self.head: HeadRunner | None = None
         self.policy: Policy | None = None
         self.monitor = BandwidthMonitor()
         self.reconnects = 0
         self._ids = itertools.count(1)
+        # every frame without its outcome yet, and every frame the server has not answered yet
         self._inflight: dict[int, _InFlight] = {}
+        self._unsent: collections.deque[_InFlight] = collections.deque()  # in frame order
+        self._outstanding: set[int] = set()  # written on the current stream, not answered yet
+        self._window = DEFAULT_WINDOW
+        self._wake = asyncio.Event()  # a frame to write, or room in the window
+        self._link_note = "not connected yet"  # why the stream is down, for the frames that wait
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.EdgeInferenceStub | None = None
         self._call = None
         self._connected = asyncio.Event()
         self._closing = False
         self._supervisor: asyncio.Task | None = None
-        self._write_lock = asyncio.Lock()
         self._head_pool = ThreadPoolExecutor(1, thread_name_prefix="head")
 
     async def __aenter__(self) -> AsyncSplitClient:
@@ -194,6 +216,8 @@ class AsyncSplitClient:
                 bundle = await fetch_head(self._stub, self.model, self.version, self.settings.metadata())
             except grpc.aio.AioRpcError as exc:
                 raise ClientError(f"cannot fetch the head of {self.model!r}: {exc.details()}") from None
+            except BundleError as exc:  # what the server sent is unsafe or corrupt: nothing was used
+                raise ClientError(f"cannot fetch the head of {self.model!r}: {exc}") from None
         self.bundle = bundle
         self.head = HeadRunner(bundle, self.head_threads)
         self.policy = self._make_policy()
@@ -226,25 +250,45 @@ class AsyncSplitClient:
         return float(np.median([self.head.local(frame)[1] for _ in range(repeat)])) * self.slowdown
 
     async def _supervise(self) -> None:
-        """Keep one stream open: reopen it with backoff and jitter whenever it breaks."""
+        """Keep one stream open: reopen it with backoff and jitter whenever it breaks.
+
+        Frames never wait on this loop: each has its own timer (see ``_send``), so a
+        server that dies and never comes back costs each frame its deadline, no more.
+        """
         assert self._stub is not None
         attempt = 0
         while not self._closing:
             call = self._stub.Stream(metadata=self.settings.metadata(), wait_for_ready=True)
             self._call = call
-            self._connected.set()
-            await self._resend_pending(call)
-            reason, answered = await self._read(call)
+            reason, answered = await self._run_stream(call)
             self._connected.clear()
+            self._link_note = f"the stream to {self.settings.target} broke ({reason})"
             if self._closing:
                 break
             attempt = 0 if answered else attempt + 1
-            self._fail_or_keep_inflight(reason)
+            self._requeue()
             delay = min(self.max_backoff_s, 0.1 * 2**attempt) * random.uniform(0.5, 1.0)
             log.warning("stream to %s broke (%s); reconnecting in %.2f s", self.settings.target, reason, delay)
             self.reconnects += 1
             await asyncio.sleep(delay)
         self._fail_all("the client closed")
+
+    async def _run_stream(self, call) -> tuple[str, bool]:  # type: ignore[no-untyped-def]
+        """One stream, from the server's hello (its window) until it ends: (why it ended, any results?)."""
+        try:
+            metadata = await call.initial_metadata()
+        except grpc.aio.AioRpcError as exc:
+            return f"{exc.code().name}: {exc.details()}", False
+        if call.done():  # refused before it began (draining, too many streams, bad token)
+            return await self._read(call)
+        window = dict(metadata or ()).get(WINDOW_METADATA)
+        self._window = int(window) if window and str(window).isdigit() and int(window) > 0 else DEFAULT_WINDOW
+        self._connected.set()
+        writer = asyncio.create_task(self._pump(call), name="splitclient-writer")
+        try:
+            return await self._read(call)
+        finally:
+            writer.cancel()
 
     async def _read(self, call) -> tuple[str, bool]:  # type: ignore[no-untyped-def]
         answered = False
@@ -258,43 +302,96 @@ class AsyncSplitClient:
         except asyncio.CancelledError:
             return "cancelled", answered
 
+    async def _pump(self, call) -> None:  # type: ignore[no-untyped-def]
+        """Write frames in order, never more unanswered ones than the server's window holds."""
+        while True:
+            entry, wait = self._next_to_write()
+            if entry is None:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), wait)
+                except TimeoutError:
+                    pass
+                continue
+            now = time.monotonic()
+            entry.attempts += 1
+            entry.sent_at = now
+            if entry.has_deadline:  # the server counts the budget from arrival: send what is left of it
+                entry.frame.deadline_ms = max(1, int((entry.expires - now) * 1e3))
+            self._outstanding.add(entry.frame.frame_id)
+            try:
+                await call.write(entry.frame)
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
+                return  # the stream broke: the supervisor sends the frame again on the next one
+
+    def _next_to_write(self) -> tuple[_InFlight | None, float | None]:
+        """The next frame to write now, or (None, seconds until one may be ready)."""
+        if len(self._outstanding) >= self._window:
+            return None, None
+        now = time.monotonic()
+        soonest = None
+        for _ in range(len(self._unsent)):
+            entry = self._unsent.popleft()
+            if entry.future.done():  # its outcome came while it waited: nothing to send
+                self._inflight.pop(entry.frame.frame_id, None)
+                continue
+            if entry.not_before <= now:
+                return entry, None
+            self._unsent.append(entry)  # answered OVERLOADED a moment ago: let others go first
+            wait = entry.not_before - now
+            soonest = wait if soonest is None else min(soonest, wait)
+        return None, soonest
+
     def _on_result(self, result: pb.Result) -> None:
-        entry = self._inflight.pop(result.frame_id, None)
-        if entry is None or entry.future.done():
+        frame_id = result.frame_id
+        if frame_id in self._outstanding:
+            self._outstanding.discard(frame_id)
+            self._wake.set()
+        entry = self._inflight.get(frame_id)
+        if entry is None:
             return  # a duplicate answer to a resent frame: the first one counted
-        entry.future.set_result(result)
-        if result.status == pb.Result.Status.OK:
-            elapsed_ms = (time.monotonic() - entry.sent_at) * 1e3
+        now = time.monotonic()
+        if result.status in RETRY_STATUSES and not entry.future.done():
+            backoff = min(RETRY_BACKOFF_S * 2**entry.retries, 1.0) * random.uniform(0.5, 1.0)
+            if now + backoff < entry.expires:  # not now, but there is time: send it again
+                entry.retries += 1
+                entry.not_before = now + backoff
+                self._unsent.append(entry)
+                self._wake.set()
+                return
+        self._inflight.pop(frame_id)
+        if result.status == pb.Result.Status.OK:  # a late result still measures the link
+            elapsed_ms = (now - entry.sent_at) * 1e3
             self.monitor.add(wire_bytes(entry.frame), elapsed_ms, result.timings.total_ms)
             if isinstance(self.policy, AdaptivePolicy):
                 self.policy.observe_server(result.timings.total_ms)
+        if entry.future.done():
+            return  # its outcome was already decided (its deadline passed)
+        entry.answered_at = now
+        if entry.has_deadline and now > entry.expires:
+            late_ms = (now - entry.expires) * 1e3
+            result.status = pb.Result.Status.DEADLINE_EXCEEDED
+            result.error = f"the result arrived {late_ms:.0f} ms after the deadline"
+        entry.future.set_result(result)
 
-    def _fail_or_keep_inflight(self, reason: str) -> None:
-        now = time.monotonic()
+    def _requeue(self) -> None:
+        """After a break: every frame still waiting for its outcome goes out again on the next stream."""
+        self._outstanding.clear()
+        waiting = []
         for frame_id, entry in list(self._inflight.items()):
-            if now >= entry.deadline:
-                self._inflight.pop(frame_id)
-                if not entry.future.done():
-                    entry.future.set_exception(ClientError(f"link lost before the result arrived ({reason})"))
+            if entry.future.done():
+                self._inflight.pop(frame_id)  # past its deadline: nobody waits for this answer
+            else:
+                waiting.append(entry)
+        self._unsent = collections.deque(sorted(waiting, key=lambda e: e.frame.frame_id))
 
     def _fail_all(self, reason: str) -> None:
         for entry in self._inflight.values():
             if not entry.future.done():
                 entry.future.set_exception(ClientError(reason))
         self._inflight.clear()
-
-    async def _resend_pending(self, call) -> None:  # type: ignore[no-untyped-def]
-        for entry in list(self._inflight.values()):
-            await self._write(call, entry)
-
-    async def _write(self, call, entry: _InFlight) -> None:  # type: ignore[no-untyped-def]
-        entry.attempts += 1
-        entry.sent_at = time.monotonic()
-        try:
-            async with self._write_lock:
-                await call.write(entry.frame)
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
-            pass  # the stream broke: the supervisor resends or fails the frame
+        self._unsent.clear()
+        self._outstanding.clear()
 
     @property
     def connected(self) -> bool:
@@ -326,7 +423,7 @@ class AsyncSplitClient:
         deadline_ms: int | None = None,
     ) -> Prediction:
         """Run one frame. Never raises for a frame that fails: the Prediction's status says why."""
-        t0 = time.perf_counter()
+        t0 = time.monotonic()
         deadline = self.deadline_ms if deadline_ms is None else deadline_ms
         codec = codec or self.codec
         estimate = self.monitor.estimate()
@@ -334,7 +431,7 @@ class AsyncSplitClient:
             decision = self.plan(deadline)
             if decision.local:
                 p = await self.infer_local(image)
-                p.latency_ms = (time.perf_counter() - t0) * 1e3
+                p.latency_ms = (time.monotonic() - t0) * 1e3
                 p.bandwidth_bps, p.rtt_ms = estimate.bandwidth_bps, estimate.rtt_ms
                 return p
             width = decision.width
@@ -346,13 +443,12 @@ class AsyncSplitClient:
             frame_id=frame_id, status="FAILED", codec=enc.codec, width=enc.width, payload_bytes=len(enc.payload),
             head_ms=enc.head_ms, bandwidth_bps=estimate.bandwidth_bps, rtt_ms=estimate.rtt_ms,
         )  # fmt: skip
-        elapsed_ms = (time.perf_counter() - t0) * 1e3
+        elapsed_ms = (time.monotonic() - t0) * 1e3
         if deadline and elapsed_ms >= deadline:
             prediction.status, prediction.error = "DEADLINE_EXCEEDED", "the deadline passed on the device"
             prediction.latency_ms = elapsed_ms
             return prediction
-        result = await self._send(enc, frame_id, deadline, elapsed_ms, prediction)
-        prediction.latency_ms = (time.perf_counter() - t0) * 1e3
+        result = await self._send(enc, frame_id, deadline, t0, prediction)
         if result is not None:
             prediction.status = STATUS_NAMES.get(result.status, str(result.status))
             prediction.error = result.error
@@ -361,42 +457,49 @@ class AsyncSplitClient:
         return prediction
 
     async def _send(
-        self, enc: EncodedFrame, frame_id: int, deadline: float, elapsed_ms: float, prediction: Prediction
+        self, enc: EncodedFrame, frame_id: int, deadline: float, t0: float, prediction: Prediction
     ) -> pb.Result | None:
+        """Queue the frame for the stream and wait for its outcome, at most until its deadline."""
         assert self.bundle is not None
-        budget = max(1, int(deadline - elapsed_ms)) if deadline else 0
         frame = pb.Frame(
             frame_id=frame_id, model=self.bundle.name, version=self.bundle.version,
             bundle_sha256=self.bundle.sha256, codec=enc.codec, width=enc.width, payload=enc.payload,
-            shape=list(enc.shape), capture_time_us=time.time_ns() // 1000, deadline_ms=budget, top_k=self.top_k,
+            shape=list(enc.shape), capture_time_us=time.time_ns() // 1000, top_k=self.top_k,
         )  # fmt: skip
-        wait_s = budget / 1e3 if budget else self.connect_timeout
-        entry = _InFlight(
-            frame, asyncio.get_running_loop().create_future(),
-            time.monotonic() + (budget / 1e3 if budget else self.give_up_s),
-        )  # fmt: skip
-        if not self._connected.is_set():
-            try:
-                await asyncio.wait_for(self._connected.wait(), wait_s)
-            except TimeoutError:
-                prediction.error = f"edge server {self.settings.target} unreachable"
-                return None
+        expires = t0 + (deadline / 1e3 if deadline else self.give_up_s)
+        entry = _InFlight(frame, asyncio.get_running_loop().create_future(), expires, bool(deadline))
         self._inflight[frame_id] = entry
-        await self._write(self._call, entry)
-        # A frame with a deadline waits a little past it (the result is late, not lost); one
-        # without waits give_up_s across reconnects. Either way it ends with one outcome.
-        wait_for = budget / 1e3 + self.late_grace_s if budget else self.give_up_s
+        self._unsent.append(entry)
+        self._wake.set()
         try:
-            result: pb.Result = await asyncio.wait_for(asyncio.shield(entry.future), wait_for)
+            result: pb.Result = await asyncio.wait_for(
+                asyncio.shield(entry.future), max(0.0, expires - time.monotonic())
+            )
         except ClientError as exc:
             prediction.error = str(exc)
             return None
         except TimeoutError:
-            self._inflight.pop(frame_id, None)
-            prediction.error = f"no result within {wait_for:.1f} s"
+            entry.answered_at = time.monotonic()
+            # Decided: a result that still comes is dropped. A frame the server holds stays in
+            # _inflight until it answers, so the window keeps counting it.
+            entry.future.cancel()
+            if frame_id not in self._outstanding:
+                self._inflight.pop(frame_id, None)
+            if entry.attempts == 0:
+                why = f"never sent: {self._link_note}"
+            elif self.connected:
+                why = "the server did not answer in time"
+            else:
+                why = self._link_note
+            if deadline:
+                prediction.status = "DEADLINE_EXCEEDED"
+                prediction.error = f"no result within the {deadline:.0f} ms deadline ({why})"
+            else:
+                prediction.error = f"no result within {self.give_up_s:.1f} s ({why})"
             return None
         finally:
             prediction.attempts = entry.attempts
+            prediction.latency_ms = ((entry.answered_at or time.monotonic()) - t0) * 1e3
         return result
 
     async def infer_local(self, image: np.ndarray | torch.Tensor) -> Prediction:
@@ -417,12 +520,16 @@ class AsyncSplitClient:
         )  # fmt: skip
 
     async def close(self) -> None:
+        """End the stream (the server answers what it holds first, for a few seconds at most)."""
         self._closing = True
         if self._call is not None:
-            try:
-                await asyncio.wait_for(self._call.done_writing(), 2.0)
-            except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError, TimeoutError):
-                pass
+            if self.connected:
+                try:
+                    await asyncio.wait_for(self._call.done_writing(), 2.0)
+                except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError, TimeoutError):
+                    self._call.cancel()
+            else:  # no server to say goodbye to
+                self._call.cancel()
         if self._supervisor is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._supervisor), 5.0)

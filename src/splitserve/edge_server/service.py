@@ -17,6 +17,9 @@ from splitserve.proto import edge_inference_pb2 as pb
 from splitserve.proto import edge_inference_pb2_grpc as pb_grpc
 
 CHUNK_BYTES = 64 * 1024
+# Stream's initial metadata: how many frames one stream may have in flight, so a client can keep
+# within it instead of learning it from OVERLOADED answers (the device client reads this key).
+WINDOW_METADATA = "splitserve-max-inflight"
 
 
 def manifest_message(bundle: Bundle) -> pb.ModelManifest:
@@ -62,6 +65,7 @@ class EdgeInferenceService(pb_grpc.EdgeInferenceServicer):
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, f"this server already has {len(self.sessions)} streams open"
             )
+        await context.send_initial_metadata(((WINDOW_METADATA, str(self.max_inflight)),))
         session = StreamSession(self.pipeline, self.max_inflight, self.draining)
         self.sessions.add(session)
         if self.metrics is not None:
