@@ -1,6 +1,7 @@
 """The spine, end to end: a real edge-server and a real device-client, as processes on loopback."""
 
 import json
+import os
 import subprocess
 
 import numpy as np
@@ -27,11 +28,11 @@ def reference_predictions(bundle, images: np.ndarray, codec: str = "entropic", w
     return np.array(out)
 
 
-def run_client(address: str, tmp_path, *args: str) -> dict:
+def run_client(address: str, tmp_path, *args: str, env: dict | None = None) -> dict:
     out = tmp_path / "out.json"
     proc = subprocess.run(
         [str(BIN / "device-client"), "--server", address, "--json", str(out), *args],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads(out.read_text())
@@ -57,7 +58,12 @@ def test_head_fetched_from_the_server_gives_the_same_results(start_server, tmp_p
     from splitserve.data.samples import load_sample
 
     server = start_server()
-    summary = run_client(server.address, tmp_path, "--model", "fmnist-split", "--frames", "40", "--fetch")
+    cache = tmp_path / "cache"  # empty: the head can only come from GetHead
+    summary = run_client(server.address, tmp_path, "--model", "fmnist-split", "--frames", "40", "--fetch",
+                         env={"SPLITSERVE_CACHE": str(cache)})  # fmt: skip
+    fetched = cache / "splitserve" / "models" / fmnist.name / fmnist.version
+    assert (fetched / "head.pt").read_bytes() == (fmnist.path / "head.pt").read_bytes()
+    assert (fetched / "manifest.json").read_bytes() == (fmnist.path / "manifest.json").read_bytes()
     images, _ = load_sample("fmnist-test")
     assert summary["predictions"] == reference_predictions(fmnist, images[:40]).tolist()
 

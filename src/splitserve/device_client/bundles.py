@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
-from splitserve.models.bundle import MANIFEST, Bundle, BundleError
+from splitserve.models.bundle import DEVICE_FILES, MANIFEST, Bundle, BundleError
 from splitserve.models.zoo import find_bundle
 from splitserve.proto import edge_inference_pb2 as pb
 from splitserve.proto import edge_inference_pb2_grpc as pb_grpc
@@ -22,15 +23,47 @@ from splitserve.proto import edge_inference_pb2_grpc as pb_grpc
 log = logging.getLogger("splitserve.device")
 
 
+# Model names and versions become directory names in the cache: one path component each, no
+# "..", no separators, nothing hidden. Anything else from the wire is refused, not cleaned up.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+
+
 def cache_dir() -> Path:
     base = os.environ.get("SPLITSERVE_CACHE") or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "splitserve" / "models"
 
 
+def check_name(value: str, what: str) -> str:
+    """``value`` if it is a safe model name / version (one plain path component); BundleError otherwise."""
+    if not SAFE_NAME.fullmatch(value) or ".." in value:
+        raise BundleError(
+            f"{what} {value[:80]!r} is not a plain name (letters, digits, '.', '_', '+', '-'; no '..'); refused"
+        )
+    return value
+
+
+def cache_path(name: str, version: str) -> Path:
+    """Where ``name:version`` lives in the cache; always inside it."""
+    root = cache_dir().resolve()
+    dest = (root / check_name(name, "model name") / check_name(version, "model version")).resolve()
+    if not dest.is_relative_to(root):  # a symlink inside the cache pointing out of it
+        raise BundleError(f"{dest} is outside the model cache {root}; refused")
+    return dest
+
+
 async def fetch_head(stub: pb_grpc.EdgeInferenceStub, name: str, version: str = "", metadata=()) -> Bundle:
-    """Download a model's device files with GetHead (skipped when the cache already holds them)."""
+    """Download a model's device files with GetHead (skipped when the cache already holds them).
+
+    The server's answer is checked before it touches the disk: the model it names must be the one
+    asked for, and its name and version must be plain names, so every path stays inside the cache.
+    """
     manifest = await stub.GetModel(pb.GetModelRequest(name=name, version=version), metadata=metadata)
-    dest = cache_dir() / manifest.name / manifest.version
+    if manifest.name != name or (version and manifest.version != version):
+        raise BundleError(
+            f"asked the server for {name}:{version or 'newest'}, it answered {manifest.name[:80]!r}:"
+            f"{manifest.version[:80]!r}; refused"
+        )
+    dest = cache_path(manifest.name, manifest.version)
     if (dest / MANIFEST).is_file():
         try:
             cached = Bundle.load(dest, verify="device")
@@ -45,8 +78,8 @@ async def fetch_head(stub: pb_grpc.EdgeInferenceStub, name: str, version: str = 
         async for chunk in stub.GetHead(
             pb.GetHeadRequest(name=manifest.name, version=manifest.version), metadata=metadata
         ):
-            if "/" in chunk.path or chunk.path.startswith("."):
-                raise BundleError(f"GetHead sent a file with an unsafe name: {chunk.path!r}")
+            if chunk.path not in DEVICE_FILES:
+                raise BundleError(f"GetHead sent a file a device does not hold: {chunk.path[:80]!r}; refused")
             h = hashes.setdefault(chunk.path, hashlib.sha256())
             with open(tmp / chunk.path, "ab") as f:
                 f.write(chunk.data)
@@ -75,7 +108,8 @@ def local_bundle(model: str, version: str = "") -> Bundle | None:
         return Bundle.load(find_bundle(model, version or None))
     except BundleError:
         pass
-    cached = cache_dir() / model
-    if version and (cached / version / MANIFEST).is_file():
-        return Bundle.load(cached / version, verify="device")
+    if version and SAFE_NAME.fullmatch(model) and SAFE_NAME.fullmatch(version):
+        cached = cache_path(model, version)
+        if (cached / MANIFEST).is_file():
+            return Bundle.load(cached, verify="device")
     return None
