@@ -1,26 +1,45 @@
 # Two entry points: `make demo` (install, then run edge-server + device-client on the
-# bundled model) and `make test` (install, then run the test suite).
+# bundled model) and `make test` (install, then run the test suite; what CI runs).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Torch comes from PyPI by default: on Linux x86-64 that is the CUDA build (torch +
+# torchvision + the nvidia-* wheels, ~6 GB in the venv), which also runs on CPU. On a box
+# without a GPU, take PyTorch's CPU-only wheels instead (~1 GB):
+#   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# torchvision must come from the same index as torch: compressai imports it, and a CUDA
+# torchvision does not load next to a CPU torch.
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+TORCH_INDEX ?=
+FMNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 
-.PHONY: install demo test lint bench clean
+.PHONY: install datasets demo test lint bench clean
 
 $(BIN)/edge-server: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# torch first: this exact pair installs from local wheels where they exist (no CUDA download)
-	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
 install: $(BIN)/edge-server
 
+# The full Fashion-MNIST set (Debian package dataset-fashion-mnist) for the fmnist
+# accuracy checks; the tests that need it say so when it is missing.
+datasets:
+	@if [ ! -f $(FMNIST) ]; then \
+	  if [ "$$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO=sudo; else SUDO=none; fi; \
+	  if [ "$$SUDO" = none ]; then echo "note: apt-get install dataset-fashion-mnist to run the Fashion-MNIST tests"; \
+	  else $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends dataset-fashion-mnist >/dev/null \
+	    || echo "note: could not install dataset-fashion-mnist; its tests will skip"; fi; \
+	fi
+
 demo: install
 	PATH=$(BIN):$$PATH bash scripts/demo.sh
 
-test: install
-	$(BIN)/python -m pytest -q
+# Progress per test file, and a summary of every skip with its reason at the end.
+test: install datasets
+	$(BIN)/python -m pytest -rs --durations=15
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks scripts

@@ -16,5 +16,6 @@ done
 grep "serving\|listening" "$log"
 echo
 echo "device-client --server 127.0.0.1:$port --model $model --frames $frames"
-device-client --server "127.0.0.1:$port" --model "$model" --frames "$frames" --json demo.json
-echo "(summary written to demo.json)"
+out=${OUT:-$(mktemp -d)}
+device-client --server "127.0.0.1:$port" --model "$model" --frames "$frames" --json "$out/demo.json"
+echo "(summary written to $out/demo.json)"

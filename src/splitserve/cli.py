@@ -147,7 +147,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from splitserve.models.zoo import load
-    from splitserve.training.evaluate import baseline_specs, evaluate_baseline, evaluate_bundle, predict_local
+    from splitserve.training.evaluate import (
+        baseline_specs,
+        channels_last,
+        evaluate_baseline,
+        evaluate_bundle,
+        predict_local,
+        split_features,
+    )
 
     started = time.perf_counter()
     bundle = load(args.model)
@@ -158,14 +165,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"{bundle.name}:{bundle.version} on {len(images)} {what}"
           f"{'' if labels is not None else NO_LABELS}", flush=True)  # fmt: skip
     progress = not args.no_progress
+    channels_last(bundle)
     teacher_top1 = predict_local(bundle, images, args.batch_size)
     teacher, widths = evaluate_bundle(bundle, images, labels, args.batch_size, progress, teacher_top1)
     baselines = []
     if not args.no_baselines:
         specs = baseline_specs()
+        features = split_features(bundle, images, args.batch_size)  # once, for every feature codec
         for name, codec, params in tqdm(specs, desc="baselines", disable=not progress, leave=False, unit="codec"):
             baselines.append(evaluate_baseline(bundle, name, codec, params, images, labels, teacher_top1,
-                                               args.batch_size, progress))  # fmt: skip
+                                               args.batch_size, progress, features))  # fmt: skip
     metric = "accuracy" if labels is not None else "agreement"
     acc = teacher["accuracy"]
     print(f"teacher (unsplit, on this device {teacher['device_ms']:.2f} ms/frame): "

@@ -48,16 +48,26 @@ def predict_local(bundle: Bundle, images: np.ndarray, batch_size: int = 256) -> 
 def through_codec(
     images: np.ndarray, to_tensors: Callable[[torch.Tensor], torch.Tensor], encoder: Encoder, decoder: Decoder,
     shape: tuple[int, ...], server: torch.nn.Module, batch_size: int, bar: tqdm | None = None,
+    unchanged_top1: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[int]]:  # fmt: skip
-    """(top-1, payload sizes) of frames sent through real payload bytes, as device and server would."""
+    """(top-1, payload sizes) of frames sent through real payload bytes, as device and server would.
+
+    ``unchanged_top1``: the server's top-1 on the frames themselves; a batch that decodes to
+    exactly its input (a lossless codec) takes it instead of running the server again.
+    """
     sizes, preds = [], []
     for s in _batches(len(images), batch_size):
         decoded = []
-        for t in to_tensors(torch.from_numpy(images[s])):
+        tensors = to_tensors(torch.from_numpy(images[s]))
+        for t in tensors:
             payload = encoder.encode(t)
             sizes.append(len(payload))
             decoded.append(decoder.decode(payload, shape))
-        preds.append(server(torch.stack(decoded)).argmax(1))
+        batch = torch.stack(decoded)
+        if unchanged_top1 is not None and torch.equal(batch, tensors):
+            preds.append(torch.from_numpy(unchanged_top1[s]))
+        else:
+            preds.append(server(batch).argmax(1))
         if bar is not None:
             bar.update(s.stop - s.start)
     return torch.cat(preds).numpy(), sizes
@@ -164,19 +174,40 @@ def baseline_specs() -> list[tuple[str, str, dict]]:
     return specs
 
 
+def channels_last(bundle: Bundle) -> None:
+    """Run the bundle's teacher channels-last in this process: ~1.5x faster on CPU (depthwise convolutions).
+
+    Only the teacher changes (the baselines' server and local inference); the split's
+    encoder runs exactly as the device runs it, so its payloads stay the device's bytes.
+    """
+    bundle.teacher().to(memory_format=torch.channels_last)
+
+
+@torch.inference_mode()
+def split_features(bundle: Bundle, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The teacher's features at the split for every frame: what the raw-feature codecs send."""
+    pre, head = bundle.preprocess(), bundle.teacher_split()[0]
+    return torch.cat([head(pre(torch.from_numpy(images[s]))) for s in _batches(len(images), batch_size)]).numpy()
+
+
 @torch.inference_mode()
 def evaluate_baseline(
     bundle: Bundle, name: str, codec: str, params: dict, images: np.ndarray, labels: np.ndarray | None,
-    teacher_top1: np.ndarray, batch_size: int = 256, progress: bool = False,
+    teacher_top1: np.ndarray, batch_size: int = 256, progress: bool = False, features: np.ndarray | None = None,
 ) -> BaselineResult:  # fmt: skip
-    """Full offload (image codecs) or raw split features (fp16 / int8), through real payloads."""
+    """Full offload (image codecs) or raw split features (fp16 / int8), through real payloads.
+
+    ``features``: ``split_features`` of the frames, computed once for every feature codec.
+    """
     pre = bundle.preprocess()
     bar = tqdm(total=len(images), desc=name, unit="frame", disable=not progress, leave=False)
-    device = None if codec in IMAGE_CODECS else bundle.device_stage(codec)
+    image_codec = codec in IMAGE_CODECS
+    device = None if image_codec or features is not None else bundle.device_stage(codec)
     top1, sizes = through_codec(
-        images, (lambda frames: frames) if device is None else (lambda frames: device(pre(frames))),
+        features if features is not None and not image_codec else images,
+        (lambda frames: frames) if device is None else (lambda frames: device(pre(frames))),
         bundle.encoder_for(codec, **params), bundle.decoder_for(codec), bundle.payload_shape(codec),
-        bundle.server_stage(codec), batch_size, bar,
+        bundle.server_stage(codec), batch_size, bar, teacher_top1 if image_codec else None,
     )  # fmt: skip
     bar.close()
     return BaselineResult(
