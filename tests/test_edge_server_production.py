@@ -134,16 +134,19 @@ def test_oversized_frames_and_messages(start_server, fmnist):
 
 
 def test_stream_and_inflight_limits(start_server, fmnist):
-    server = start_server("--max-streams", "2", "--max-inflight-per-stream", "4", "--max-delay-ms", "300",
-                          "--max-batch", "64")  # fmt: skip
+    # A batch runs only when 5 frames fill it (its timer is far away), so the 4 frames s1 may have in
+    # flight stay in flight, however slow the machine, until s2's frame completes the batch.
+    server = start_server("--max-streams", "2", "--max-inflight-per-stream", "4", "--max-delay-ms", "600000",
+                          "--max-batch", "5")  # fmt: skip
     s1, s2 = Stream(server.address), Stream(server.address)
     for i in range(10):
         s1.put(good_frame(fmnist, i))
-    results = [s1.receive() for _ in range(10)]
-    statuses = sorted(S.Name(r.status) for r in results)
-    assert statuses.count("OK") == 4 and statuses.count("OVERLOADED") == 6
-    assert sorted(r.frame_id for r in results) == list(range(10))
-    assert s2.send(good_frame(fmnist, 20)).status == S.OK
+    refused = [s1.receive() for _ in range(6)]
+    assert [S.Name(r.status) for r in refused] == ["OVERLOADED"] * 6
+    assert s2.send(good_frame(fmnist, 20)).status == S.OK  # the fifth frame: the batch runs
+    accepted = [s1.receive() for _ in range(4)]
+    assert [S.Name(r.status) for r in accepted] == ["OK"] * 4
+    assert sorted(r.frame_id for r in refused + accepted) == list(range(10))
     third = Stream(server.address)
     third.put(good_frame(fmnist, 30))
     with pytest.raises(grpc.RpcError) as err:
@@ -326,3 +329,72 @@ def test_a_bundle_holding_a_pickled_object_is_refused_alone(start_server, repo, 
     assert len(refused) == 2 and any("/2:" in x for x in refused) and any("/4:" in x for x in refused), log
     assert "Traceback" not in log
     assert not marker.exists()  # weights_only loading never ran the pickled code
+
+
+def rss_mib(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+class CountingFrames:
+    """A request iterator that counts how many frames the transport has taken from it."""
+
+    def __init__(self, frames) -> None:
+        self.frames, self.taken = iter(frames), 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        frame = next(self.frames)
+        self.taken += 1
+        return frame
+
+
+def settle(counter: CountingFrames, total: int, quiet_s: float = 5.0) -> int:
+    """Wait until the transport took every frame or took none for quiet_s; how many it took."""
+    last, since = -1, time.time()
+    while counter.taken < total:
+        if counter.taken != last:
+            last, since = counter.taken, time.time()
+        elif time.time() - since > quiet_s:
+            break
+        time.sleep(0.1)
+    return counter.taken
+
+
+def test_a_stream_that_never_reads_holds_bounded_memory(start_server, fmnist):
+    server = start_server("--max-inflight-per-stream", "8")
+    before = rss_mib(server.proc.pid)
+    tags = {"blob": "x" * 1_000_000}  # ~1 MB of tags on each frame, echoed in its result if accepted
+    frames = CountingFrames(pb.Frame(frame_id=i, model="no-such-model", tags=tags) for i in range(400))
+    with grpc.insecure_channel(server.address, options=[("grpc.max_send_message_length", 8 << 20)]) as ch:
+        responses = pb_grpc.EdgeInferenceStub(ch).Stream(frames)  # written, never read (for now)
+        settle(frames, 400)
+        grown = rss_mib(server.proc.pid) - before
+        # meanwhile another client is served
+        other = Stream(server.address)
+        assert other.send(good_frame(fmnist, 1)).status == S.OK
+        other.close()
+        results = [next(responses) for _ in range(frames.taken)]
+        responses.cancel()
+    assert grown < 150, f"the server grew by {grown:.0f} MiB holding one unread stream"
+    assert {S.Name(r.status) for r in results} == {"INVALID_FRAME"}
+    assert all("tags of" in r.error and not r.tags and not r.model for r in results)
+
+
+def test_a_stream_that_never_reads_is_pushed_back(start_server, fmnist):
+    server = start_server("--max-inflight-per-stream", "4", "--max-tags-bytes", "300000")
+    tags = {"note": "y" * 200_000}  # allowed, and echoed: each result is ~200 KB, more than transports buffer
+    total = 200
+    frames = CountingFrames(pb.Frame(frame_id=i, model="no-such-model", tags=tags) for i in range(total))
+    with grpc.insecure_channel(server.address) as ch:
+        responses = pb_grpc.EdgeInferenceStub(ch).Stream(frames)
+        taken = settle(frames, total)
+        assert taken < total // 2, f"the server read {taken} of {total} frames from a stream that reads nothing"
+        # once the device reads, the stream goes on: every frame gets exactly its one result
+        ids = [next(responses).frame_id for _ in range(total)]
+        responses.cancel()
+    assert sorted(ids) == list(range(total))

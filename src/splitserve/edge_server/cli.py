@@ -26,7 +26,12 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "decode_threads": (int, "threads decoding payloads (default 4)"),
     "max_message_bytes": (int, "gRPC message size cap; larger messages end the stream (default 4 MiB)"),
     "max_frame_bytes": (int, "payload size cap; larger frames get INVALID_FRAME (default 1 MiB)"),
-    "max_inflight_per_stream": (int, "frames in flight per stream before OVERLOADED (default 64)"),
+    "max_inflight_per_stream": (
+        int,
+        "frames in flight per stream before OVERLOADED; also the results a stream "
+        "may have unsent before the server stops reading it (default 64)",
+    ),
+    "max_tags_bytes": (int, "largest tags a frame may carry (keys + values) before INVALID_FRAME (default 4096)"),
     "max_streams": (int, "concurrent streams before RESOURCE_EXHAUSTED (default 1024)"),
     "poll_interval": (float, "seconds between scans of --models for new versions (default 0: never)"),
     "drain_timeout": (float, "seconds to answer in-flight frames on SIGTERM (default 20)"),

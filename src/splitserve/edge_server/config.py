@@ -43,7 +43,8 @@ class ServerConfig:
     # limits
     max_message_bytes: int = 4 * 1024 * 1024  # gRPC hard cap: larger messages end the stream
     max_frame_bytes: int = 1024 * 1024  # per-frame payload cap: larger frames get INVALID_FRAME
-    max_inflight_per_stream: int = 64
+    max_inflight_per_stream: int = 64  # also the results a stream may have waiting to be sent
+    max_tags_bytes: int = 4096  # a frame's tags (keys + values), echoed in its result; larger: INVALID_FRAME
     max_streams: int = 1024
     default_top_k: int = 5
     # lifecycle
@@ -68,6 +69,8 @@ class ServerConfig:
         for name in ("max_message_bytes", "max_frame_bytes", "max_inflight_per_stream", "max_streams"):
             if getattr(self, name) < 1:
                 raise ServerConfigError(f"{name} must be >= 1")
+        if self.max_tags_bytes < 0:
+            raise ServerConfigError(f"max_tags_bytes must be >= 0, got {self.max_tags_bytes}")
         if self.max_frame_bytes > self.max_message_bytes:
             raise ServerConfigError("max_frame_bytes cannot exceed max_message_bytes")
         if self.decode_threads < 1:

@@ -24,6 +24,8 @@ from splitserve.proto import edge_inference_pb2 as pb
 log = logging.getLogger("splitserve.server")
 Status = pb.Result.Status
 STATUS_NAMES = {v: k for k, v in Status.items()}
+# A result echoes the frame's model, version and tags: bounded, so no frame can make its result big.
+MAX_NAME_CHARS = 256
 
 
 def width_label(codec: str, width: int) -> str:
@@ -78,6 +80,25 @@ class InferencePipeline:
             error = f"internal error ({type(exc).__name__}); the server log has the details"
             return self._fail(frame, Status.INTERNAL, error, received_us, t0), (UNKNOWN, UNKNOWN, UNKNOWN)
 
+    def field_problem(self, frame: pb.Frame) -> str:
+        """Why the frame's echoed fields are too big to answer in kind ("" when they are fine)."""
+        if len(frame.model) > MAX_NAME_CHARS or len(frame.version) > MAX_NAME_CHARS:
+            return f"model name or version longer than {MAX_NAME_CHARS} characters"
+        if frame.tags:
+            size = sum(len(k.encode()) + len(v.encode()) for k, v in frame.tags.items())
+            if size > self.cfg.max_tags_bytes:
+                return f"tags of {size} bytes exceed this server's limit of {self.cfg.max_tags_bytes}"
+        return ""
+
+    def refuse_fields(self, frame: pb.Frame, problem: str, received_us: int, t0: float) -> pb.Result:
+        """INVALID_FRAME for a frame whose fields are too big, echoing none of them."""
+        return pb.Result(
+            frame_id=frame.frame_id,
+            status=Status.INVALID_FRAME,
+            error=problem,
+            timings=pb.ServerTimings(received_unix_us=received_us, total_ms=(time.perf_counter() - t0) * 1e3),
+        )
+
     def _fail(self, frame: pb.Frame, status: int, error: str, received_us: int, t0: float) -> pb.Result:
         return pb.Result(
             frame_id=frame.frame_id,
@@ -93,6 +114,9 @@ class InferencePipeline:
     async def _infer(self, frame: pb.Frame, received_us: int, t0: float) -> tuple[pb.Result, tuple[str, str, str]]:
         """(Result, metric labels). Labels only ever name what the repository serves."""
         received_mono = time.monotonic() - (time.perf_counter() - t0)
+        problem = self.field_problem(frame)
+        if problem:
+            return self.refuse_fields(frame, problem, received_us, t0), (UNKNOWN, UNKNOWN, UNKNOWN)
         try:
             served = self.repository.resolve(frame.model, frame.version, frame.bundle_sha256)
         except UnknownModel as exc:
