@@ -176,3 +176,30 @@ def test_cli_json_and_records(start_server, tmp_path):
     assert summary["frames"] == 20 and summary["policy"] == "adaptive"
     lines = [json.loads(x) for x in rec.read_text().splitlines()]
     assert len(lines) == 20 and {"latency_ms", "width", "bw_bps", "status"} <= set(lines[0])
+
+
+def test_cli_bad_flags_are_one_line_errors(start_server):
+    from conftest import BIN
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "device-client"), *args], capture_output=True, text=True, timeout=300)
+
+    nowhere = f"127.0.0.1:{free_port()}"  # these are refused before any connection is tried
+    for args, message in (
+        (["--codec", "banana"], "--codec banana: unknown codec"),
+        (["--frames", "-3"], "--frames -3: must be >= 1"),
+        (["--fps", "-5"], "--fps -5.0: must be a number >= 0"),
+        (["--concurrency", "0"], "--concurrency 0: must be >= 1"),
+        (["--quality", "101"], "--quality 101"),
+    ):
+        proc = run("--server", nowhere, *args)
+        assert proc.returncode == 2 and proc.stderr.startswith("device-client: "), proc.stderr
+        assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    server = start_server()
+    for args, message in (
+        (["--width", "9"], "--width 9: fmnist-split has widths 0..3"),
+        (["--sample", "no-such-sample"], "no sample named 'no-such-sample'"),
+    ):
+        proc = run("--server", server.address, "--frames", "2", *args)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -57,6 +57,36 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_args(args: argparse.Namespace) -> str:
+    """What is wrong with the flags, before anything starts ("" when nothing is)."""
+    from splitserve.codecs import FEATURE_CODECS, IMAGE_CODECS
+
+    codecs = (*FEATURE_CODECS, *IMAGE_CODECS)
+    if args.codec not in codecs:
+        return f"--codec {args.codec}: unknown codec; one of {', '.join(codecs)}"
+    for flag, value, low in (("--frames", args.frames, 1), ("--concurrency", args.concurrency, 1),
+                             ("--width", args.width, -1), ("--deadline-ms", args.deadline_ms, 0)):  # fmt: skip
+        if value < low:
+            return f"{flag} {value}: must be >= {low}"
+    for flag, value in (("--fps", args.fps), ("--slowdown", args.slowdown), ("--start-at", args.start_at)):
+        if not np.isfinite(value) or value < 0:
+            return f"{flag} {value}: must be a number >= 0"
+    if not 0 <= args.quality <= 100:
+        return f"--quality {args.quality}: must be within 0..100"
+    if not args.connect_timeout > 0:
+        return f"--connect-timeout {args.connect_timeout}: must be > 0"
+    return ""
+
+
+def check_bundle(args: argparse.Namespace, bundle) -> str:  # type: ignore[no-untyped-def]
+    """What the flags ask of this model that it cannot do ("" when nothing)."""
+    if args.codec not in bundle.codecs:
+        return f"--codec {args.codec}: {bundle.name} serves {', '.join(bundle.codecs)}"
+    if args.codec == "entropic" and args.width >= bundle.student.widths:
+        return f"--width {args.width}: {bundle.name} has widths 0..{bundle.student.widths - 1} (-1: the widest)"
+    return ""
+
+
 def percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
@@ -115,11 +145,20 @@ async def run(args: argparse.Namespace) -> int:
     try:
         bundle = client.bundle
         assert bundle is not None
+        problem = check_bundle(args, bundle)
+        if problem:
+            print(f"device-client: {problem}", file=sys.stderr)
+            return 2
         sample = args.sample or bundle.manifest.get("sample") or ""
         if not sample:
             print(f"device-client: {bundle.name} names no sample; pass --sample", file=sys.stderr)
             return 2
-        images, labels = load_sample(sample)
+        try:
+            images, labels = load_sample(sample)
+            client.head.check_image(images[0])  # type: ignore[union-attr]
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"device-client: --sample {sample}: {exc}", file=sys.stderr)
+            return 2
         if args.start_at:
             lag = time.time() - args.start_at
             if lag > 0:
@@ -181,6 +220,10 @@ async def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    problem = check_args(args)
+    if problem:
+        print(f"device-client: {problem}", file=sys.stderr)
+        return 2
     try:
         return asyncio.run(run(args))
     except KeyboardInterrupt:
