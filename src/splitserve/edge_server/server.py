@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,36 @@ def channel_options(cfg: ServerConfig) -> list[tuple[str, int]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_ping_strikes", 0),
     ]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (as --host / --metrics-host take it) is reachable from this machine only."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+def exposure_warnings(cfg: ServerConfig) -> list[str]:
+    """What the settings expose beyond this machine, said plainly (the defaults are easy, not hardened)."""
+    out = []
+    tls = bool(cfg.tls_cert)
+    if not is_loopback(cfg.host) and not tls:
+        out.append(
+            f"listening on {cfg.host} (beyond loopback) without TLS: frames and results cross the network in "
+            "plaintext; add --tls-cert/--tls-key (and --tls-client-ca), or --host 127.0.0.1"
+        )
+    if cfg.tokens and not tls:
+        out.append("bearer tokens are sent in plaintext without TLS: anyone on the path can copy one; add --tls-cert")
+    if not cfg.tokens and not cfg.tls_client_ca and not is_loopback(cfg.host):
+        out.append("no --tokens and no --tls-client-ca: any client that reaches this port may use it")
+    if cfg.metrics_port and not is_loopback(cfg.metrics_host):
+        out.append(f"metrics on {cfg.metrics_host}:{cfg.metrics_port} (beyond loopback, no auth); "
+                   "--metrics-host 127.0.0.1 keeps them local")  # fmt: skip
+    return out
 
 
 class EdgeServer:
@@ -99,6 +130,8 @@ class EdgeServer:
             self._poller = asyncio.create_task(self._poll())
         models = ", ".join(f"{m.bundle.name}:{m.bundle.version}" for m in self.repository.models())
         log.info("edge-server listening on %s:%d (device %s; models %s)", self.cfg.host, self.port, self.device, models)
+        for warning in exposure_warnings(self.cfg):
+            log.warning("%s", warning)
 
     def _tls_credentials(self) -> grpc.ServerCredentials | None:
         if not self.cfg.tls_cert:
