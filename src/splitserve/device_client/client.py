@@ -42,7 +42,7 @@ from splitserve.device_client.bandwidth import BandwidthMonitor
 from splitserve.device_client.bundles import fetch_head, local_bundle
 from splitserve.device_client.channel import ChannelSettings, aio_channel
 from splitserve.device_client.head import EncodedFrame, HeadRunner
-from splitserve.device_client.policy import AdaptivePolicy, Decision, Policy, WidthCost, make_policy
+from splitserve.device_client.policy import Decision, FramePlanner, Policy, WidthCost, make_policy, manifest_accuracy
 from splitserve.models.bundle import Bundle, BundleError
 from splitserve.models.zoo import DEFAULT_MODEL
 from splitserve.proto import edge_inference_pb2 as pb
@@ -174,6 +174,8 @@ class AsyncSplitClient:
         self.head: HeadRunner | None = None
         self.policy: Policy | None = None
         self.monitor = BandwidthMonitor()
+        self.planner: FramePlanner | None = None  # the policy and the monitor, fed back per frame
+        self._probes: set[asyncio.Task] = set()
         self.reconnects = 0
         self._ids = itertools.count(1)
         # every frame without its outcome yet, and every frame the server has not answered yet
@@ -221,6 +223,7 @@ class AsyncSplitClient:
         self.bundle = bundle
         self.head = HeadRunner(bundle, self.head_threads)
         self.policy = self._make_policy()
+        self.planner = FramePlanner(self.policy, self.monitor) if self.policy is not None else None
         self._supervisor = asyncio.create_task(self._supervise(), name="splitclient-stream")
 
     def _make_policy(self) -> Policy | None:
@@ -232,6 +235,7 @@ class AsyncSplitClient:
             WidthCost(
                 bytes=float(w.get("bytes_mean") or 1000.0) + FRAME_OVERHEAD,
                 head_ms=float(w.get("head_ms") or 1.0) * self.slowdown,
+                accuracy=manifest_accuracy(w),
             )
             for w in self.bundle.widths
         ]
@@ -360,11 +364,13 @@ class AsyncSplitClient:
                 self._wake.set()
                 return
         self._inflight.pop(frame_id)
-        if result.status == pb.Result.Status.OK:  # a late result still measures the link
+        # a late result still measures the link, and so does a frame the server found late on arrival
+        if result.status in (pb.Result.Status.OK, pb.Result.Status.DEADLINE_EXCEEDED):
             elapsed_ms = (now - entry.sent_at) * 1e3
-            self.monitor.add(wire_bytes(entry.frame), elapsed_ms, result.timings.total_ms)
-            if isinstance(self.policy, AdaptivePolicy):
-                self.policy.observe_server(result.timings.total_ms)
+            if self.planner is not None:
+                self.planner.result(wire_bytes(entry.frame), elapsed_ms, result.timings.total_ms)
+            else:
+                self.monitor.add(wire_bytes(entry.frame), elapsed_ms, result.timings.total_ms)
         if entry.future.done():
             return  # its outcome was already decided (its deadline passed)
         entry.answered_at = now
@@ -410,9 +416,20 @@ class AsyncSplitClient:
 
     def plan(self, deadline_ms: float) -> Decision:
         """What the policy would do with the next frame, given what the link looks like now."""
-        if self.policy is None:
+        if self.planner is None:
             return Decision(local=False, width=self.width)
-        return self.policy.decide(self.monitor.estimate(), deadline_ms, self.connected)
+        return self.planner.plan(deadline_ms, self.connected, self._pending())[0]
+
+    def _pending(self) -> list[tuple[int, float]]:
+        """(wire bytes, send time) of frames written and not answered: the monitor's evidence of a slow link."""
+        sent = (self._inflight.get(i) for i in self._outstanding)
+        return [(wire_bytes(e.frame), e.sent_at) for e in sent if e is not None and e.sent_at]
+
+    async def _probe(self, image: np.ndarray | torch.Tensor, width: int) -> None:
+        """Send a frame only to measure the link: no deadline, so a late answer still measures it."""
+        enc = await self.encode(image, "entropic", width)
+        frame_id = next(self._ids)
+        await self._send(enc, frame_id, 0, time.monotonic(), Prediction(frame_id=frame_id, status="FAILED"))
 
     async def infer(
         self,
@@ -426,18 +443,22 @@ class AsyncSplitClient:
         t0 = time.monotonic()
         deadline = self.deadline_ms if deadline_ms is None else deadline_ms
         codec = codec or self.codec
-        estimate = self.monitor.estimate()
-        if width is None and codec == "entropic":
-            decision = self.plan(deadline)
+        estimate = self.monitor.estimate(self._pending())
+        if width is None and codec == "entropic" and self.planner is not None:
+            decision, estimate = self.planner.plan(deadline, self.connected, self._pending())
             if decision.local:
                 p = await self.infer_local(image)
+                if decision.probe:  # the local result is the answer; the probe only measures the link
+                    task = asyncio.create_task(self._probe(image, decision.width))
+                    self._probes.add(task)
+                    task.add_done_callback(self._probes.discard)
                 p.latency_ms = (time.monotonic() - t0) * 1e3
                 p.bandwidth_bps, p.rtt_ms = estimate.bandwidth_bps, estimate.rtt_ms
                 return p
             width = decision.width
         enc = await self.encode(image, codec, self.width if width is None else width)
-        if isinstance(self.policy, AdaptivePolicy) and enc.codec == "entropic":
-            self.policy.costs[enc.width].update(len(enc.payload) + FRAME_OVERHEAD, enc.head_ms)
+        if self.planner is not None and enc.codec == "entropic":
+            self.planner.encoded(enc.width, len(enc.payload) + FRAME_OVERHEAD, enc.head_ms)
         frame_id = next(self._ids)
         prediction = Prediction(
             frame_id=frame_id, status="FAILED", codec=enc.codec, width=enc.width, payload_bytes=len(enc.payload),
