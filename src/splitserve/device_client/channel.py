@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,3 +68,57 @@ def sync_channel(settings: ChannelSettings) -> grpc.Channel:
     if settings.tls or settings.ca_cert or settings.client_cert:
         return grpc.secure_channel(settings.target, _credentials(settings), options=_options(settings))
     return grpc.insecure_channel(settings.target, options=_options(settings))
+
+
+def _host_port(target: str) -> tuple[str, int]:
+    target = target.split("///", 1)[-1]
+    host, _, port = target.rpartition(":")
+    return host.strip("[]") or "localhost", int(port or 443)
+
+
+def explain_tls_failure(settings: ChannelSettings, timeout: float = 3.0) -> str:
+    """Why a TLS channel to ``settings.target`` does not come up, in words an operator can act on.
+
+    gRPC only reports that the channel never became ready; this redoes the TCP connect
+    and the TLS handshake with Python's ssl module and the same CA, client certificate
+    and server name, and names the first thing that fails.
+    """
+    host, port = _host_port(settings.target)
+    name = settings.server_name or host
+    try:
+        ctx = ssl.create_default_context(cafile=settings.ca_cert or None)
+        if settings.client_cert:
+            ctx.load_cert_chain(settings.client_cert, settings.client_key or None)
+    except (OSError, ssl.SSLError) as exc:
+        return f"cannot use the TLS files given ({exc})"
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:
+        return f"no TCP connection to {host}:{port} ({exc.strerror or exc})"
+    try:
+        with ctx.wrap_socket(sock, server_hostname=name) as tls:
+            # TLS 1.3 reports a refused client certificate only when the server's alert arrives
+            tls.settimeout(timeout)
+            try:
+                tls.recv(1)
+            except TimeoutError:
+                pass
+    except ssl.SSLCertVerificationError as exc:
+        if exc.verify_code == 62 or "match" in (exc.verify_message or ""):  # X509_V_ERR_HOSTNAME_MISMATCH
+            return f"the server's certificate is not valid for the name {name!r} (--server-name sets the name checked)"
+        return (f"the server's certificate is not trusted ({exc.verify_message}); "
+                "pass the CA that signed it with --ca-cert")  # fmt: skip
+    except ssl.SSLError as exc:
+        reason = (exc.reason or str(exc)).lower()
+        if "certificate_required" in reason or "certificate required" in reason:
+            return "the server requires a client certificate (--client-cert / --client-key)"
+        if any(r in reason for r in ("unknown_ca", "bad_certificate", "certificate_unknown", "unknown ca")):
+            return "the server refused this client certificate (not signed by a CA it trusts)"
+        if "wrong_version" in reason or "record layer" in reason or "packet length" in reason:
+            return "the server does not speak TLS on this port (is it running without --tls-cert?)"
+        return f"TLS handshake failed ({exc.reason or exc})"
+    except OSError as exc:
+        return f"the connection closed during the TLS handshake ({exc})"
+    finally:
+        sock.close()
+    return "the TLS handshake succeeds; the server may not speak gRPC on this port"
