@@ -12,8 +12,7 @@ the frame's bytes spent on the link plus the round trip.
   the payloads' own spread); frames of one size pin down their sum, which is
   what predicting a frame of that size needs.
 - A frame too small to take measurable time on the link (application-limited,
-  as BBR calls it) is no sample, but, when it is at least twice the size of the
-  frame that set the RTT, it is a *lower bound*: the link moved
+  as BBR calls it) is no sample, but it is a *lower bound*: the link moved
   ``bytes`` in less than the smallest time we can resolve. A narrowest-width
   probe on a link that has recovered to 10 Mbit/s is such a frame, and it must
   still lift a collapsed estimate.
@@ -92,6 +91,7 @@ class BandwidthMonitor:
         q_per_s: float = 0.3,
         r_init: float = 0.1,
         r_min: float = 0.01,
+        r_max: float = 0.5,
         drop_trust: float = 4.0,
         innovation_alpha: float = 0.1,
         innovation_clip: float = 1.5,
@@ -103,6 +103,7 @@ class BandwidthMonitor:
         self.min_transfer_share = min_transfer_share
         self.q_per_s = q_per_s  # random-walk variance of log(rate) per second
         self.r_min = r_min
+        self.r_max = r_max  # an outage's wild samples must not leave the filter deaf for long after
         self.drop_trust = drop_trust
         self.innovation_alpha = innovation_alpha
         self.innovation_clip = innovation_clip  # one outlier may raise R only so much
@@ -166,8 +167,8 @@ class BandwidthMonitor:
             return self._p
         return self._p + self.q_per_s * max(self.clock() - self._t, 0.0)
 
-    def _update(self, z: float, learn_noise: bool = True) -> None:
-        if self._x is None or (learn_noise and not self.samples):  # the first sample; bounds before it are no prior
+    def _update(self, z: float) -> None:
+        if self._x is None or not self.samples:  # the first sample; bounds before it are no prior
             self._x, self._p, self._t = z, self._r, self.clock()
             return
         p = self._variance_now()
@@ -177,10 +178,10 @@ class BandwidthMonitor:
         self._x += gain * innovation
         self._p = (1.0 - gain) * p
         self._t = self.clock()
-        if learn_noise:  # after the update: a step of the link is news, not noise to discount it by
-            a = self.innovation_alpha
-            self._innovation_sq += a * (min(innovation**2, self.innovation_clip**2) - self._innovation_sq)
-            self._r = max(self.r_min, self._innovation_sq - p)
+        # after the update: a step of the link is news, not noise to discount it by
+        a = self.innovation_alpha
+        self._innovation_sq += a * (min(innovation**2, self.innovation_clip**2) - self._innovation_sq)
+        self._r = min(max(self.r_min, self._innovation_sq - p), self.r_max)
 
     # -- observations ------------------------------------------------------
     def add(self, nbytes: int, elapsed_ms: float, server_ms: float) -> float | None:
@@ -195,9 +196,12 @@ class BandwidthMonitor:
         if transfer_ms < resolvable_ms:
             # application-limited: no sample, but the link moved nbytes in under resolvable_ms
             self.skipped += 1
-            floor = nbytes * 8 / (resolvable_ms / 1e3)
-            if self._x is None or self._x < math.log(floor):
-                self._update(math.log(floor), learn_noise=False)
+            floor = math.log(nbytes * 8 / (resolvable_ms / 1e3))
+            if self._x is None:
+                self._x, self._p, self._t = floor, self._r, self.clock()
+            elif self._x < floor:  # a bound, not a noisy sample: the estimate moves up to it at once
+                self._p, self._t = self._variance_now(), self.clock()
+                self._x = floor
             return None
         sample = nbytes * 8 / (transfer_ms / 1e3)
         self._update(math.log(sample))
