@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from splitserve.simulator.traces import link_rate_bps
+
 # Assumed compute slowdowns relative to this machine (2 x86 cores), for what-if runs.
 DEVICE_PROFILES = {"this": 1.0, "phone": 3.0, "pi4": 8.0, "pi-zero": 40.0}
 
@@ -48,6 +50,7 @@ def _common(p: argparse.ArgumentParser, sweep: bool) -> None:
     p.add_argument("--device-profile", choices=sorted(DEVICE_PROFILES),
                    help=f"named slowdown: {', '.join(f'{k}={v:g}x' for k, v in DEVICE_PROFILES.items())}")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--progress", action="store_true", help="show progress also when stderr is not a terminal")
     p.add_argument("--json", type=Path, help="write the results as JSON")
     p.add_argument("--plot", type=Path, help="write a plot (PNG)")
 
@@ -106,6 +109,7 @@ def run_main(args: argparse.Namespace) -> int:
     from splitserve.simulator.strategies import parse_strategies
     from splitserve.simulator.units import parse_rate, parse_time_ms
 
+    show = sys.stderr.isatty() or args.progress
     model = args.model or _default_model()
     bundle = load(model)
     slowdown, note = _slowdown(args)
@@ -113,7 +117,9 @@ def run_main(args: argparse.Namespace) -> int:
     strategies = parse_strategies(args.strategies, bundle.student.widths)
     deadline = parse_time_ms(args.deadline)
     if args.analytic:
-        result = analytic_run(bundle, strategies, up, down, args.frames, args.fps, deadline, slowdown, args.seed)
+        result = analytic_run(
+            bundle, strategies, up, down, args.frames, args.fps, deadline, slowdown, args.seed, progress=show
+        )
     else:
         if args.netns:
             from splitserve.simulator.netns import check_available
@@ -123,11 +129,11 @@ def run_main(args: argparse.Namespace) -> int:
             model=model, strategies=strategies, uplink=up, downlink=down, frames=args.frames, fps=args.fps,
             deadline_ms=deadline, slowdown=slowdown, netns=args.netns, seed=args.seed,
         )  # fmt: skip
-        bar = tqdm(total=len(strategies), desc="strategies", unit="strategy")
+        bar = tqdm(total=len(strategies) * args.frames, desc="frames", unit="frame", disable=not show)
 
-        def progress(name: str) -> None:
+        def progress(name: str, done: int) -> None:  # frames of all strategies so far (by the clock)
             bar.set_postfix_str(name)
-            bar.update(0 if bar.n == 0 and name == strategies[0].name else 1)
+            bar.update(done - bar.n)
 
         result = run_experiment(cfg, progress, keep_dir=args.keep)
         bar.update(bar.total - bar.n)
@@ -141,14 +147,17 @@ def run_main(args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     if args.plot:
-        series = up.trace.rate_series(1000) if up.trace is not None else None
-        report.plot_run(result, args.plot, series)
+        report.plot_run(result, args.plot)
         print(f"plot: {args.plot}")
     return 0
 
 
-def analytic_run(bundle, strategies, up, down, frames, fps, deadline, slowdown, seed) -> dict:  # type: ignore[no-untyped-def]
+def analytic_run(bundle, strategies, up, down, frames, fps, deadline, slowdown, seed,  # type: ignore[no-untyped-def]
+                 progress: bool = False) -> dict:  # fmt: skip
+    from tqdm import tqdm
+
     from splitserve.data.samples import load_sample
+    from splitserve.device_client.policy import manifest_accuracy
     from splitserve.simulator import analytic, costs
 
     images, labels = load_sample(bundle.manifest.get("sample") or "")
@@ -158,10 +167,14 @@ def analytic_run(bundle, strategies, up, down, frames, fps, deadline, slowdown, 
     local_ms = measured[local.name].device_ms if local else None
     teacher = costs.measure(bundle, local or _local(), images, 1.0).predictions
     truth = labels if np.all(labels >= 0) else teacher
+    accuracies = [manifest_accuracy(w) for w in bundle.widths]
     rows, timeline = [], {}
+    bar = tqdm(total=len(strategies) * frames, desc="frames", unit="frame", disable=not progress, mininterval=0.5)
     for s in strategies:
+        bar.set_postfix_str(s.name)
         cost = measured.get(s.name, width_costs[-1])
-        out = analytic.simulate(s, cost, width_costs, up, down, frames, fps, deadline, seed, local_ms)
+        out = analytic.simulate(s, cost, width_costs, up, down, frames, fps, deadline, seed, local_ms,
+                                accuracies, on_frame=lambda i: bar.update(1))  # fmt: skip
         row = {"name": s.name, **analytic.summarize(out, deadline)}
         preds = []
         for o in out:
@@ -173,8 +186,12 @@ def analytic_run(bundle, strategies, up, down, frames, fps, deadline, slowdown, 
         spent = [(local_ms or 0) if o.local else (width_costs[o.width] if s.adaptive else cost).device_ms for o in out]
         row["device_ms"] = float(np.mean(spent))
         rows.append(row)
+        link = link_rate_bps(up.trace, up.rate_bps, np.array([o.capture_s for o in out]))
         timeline[s.name] = [{"t": o.capture_s, "latency_ms": o.latency_ms, "width": o.width, "local": o.local,
-                             "bw_bps": o.bandwidth_bps, "status": "OK"} for o in out]  # fmt: skip
+                             "bw_bps": o.bandwidth_bps, "bw_sigma": o.sigma, "probe": o.probe,
+                             "link_bps": None if np.isnan(r) else float(r), "status": "OK"}
+                            for o, r in zip(out, link, strict=True)]  # fmt: skip
+    bar.close()
     return {
         "model": f"{bundle.name}:{bundle.version}", "mode": "analytic",
         "link": {"uplink": up.describe(), "downlink": down.describe()}, "frames": frames, "fps": fps,
@@ -192,6 +209,7 @@ def sweep_main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from splitserve.data.samples import load_sample
+    from splitserve.device_client.policy import manifest_accuracy
     from splitserve.models.zoo import load
     from splitserve.simulator import analytic, costs, report
     from splitserve.simulator.strategies import parse_strategies
@@ -209,13 +227,14 @@ def sweep_main(args: argparse.Namespace) -> int:
     width_costs = costs.measure_widths(bundle, images, slowdown)
     local = next((s for s in strategies if s.local), None)
     local_ms = measured[local.name].device_ms if local else None
+    accuracies = [manifest_accuracy(w) for w in bundle.widths]
     p95: dict[str, list[float]] = {s.name: [] for s in strategies}
     miss: dict[str, list[float]] = {s.name: [] for s in strategies}
     for bw in tqdm(bandwidths, desc="bandwidths", unit="point"):
         up, down = _links(args, float(bw))
         for s in strategies:
             out = analytic.simulate(s, measured.get(s.name, width_costs[-1]), width_costs, up, down, args.frames,
-                                    args.fps, deadline, args.seed, local_ms)  # fmt: skip
+                                    args.fps, deadline, args.seed, local_ms, accuracies)  # fmt: skip
             summary = analytic.summarize(out, deadline)
             p95[s.name].append(summary["latency_ms"]["p95"])
             miss[s.name].append(summary["deadline_miss"])

@@ -33,6 +33,7 @@ from splitserve.models.bundle import Bundle
 from splitserve.simulator.link import LinkConfig
 from splitserve.simulator.proxy import LinkProxy
 from splitserve.simulator.strategies import Strategy
+from splitserve.simulator.traces import link_rate_bps
 
 log = logging.getLogger("splitserve.simulator")
 BIN = Path(sys.executable).parent
@@ -117,7 +118,8 @@ def _server(cfg: ExperimentConfig, workdir: Path, netns=None) -> Iterator[tuple[
 
 
 def _run_client(cfg: ExperimentConfig, strategy: Strategy, address: str, start_at: float, workdir: Path,
-                exec_prefix: list[str]) -> StrategyRun:  # fmt: skip
+                exec_prefix: list[str], tick: Callable[[int], None] | None = None) -> StrategyRun:  # fmt: skip
+    """One device-client run; ``tick`` hears, about twice a second, how many frames its clock has started."""
     safe = strategy.name.replace(":", "-")
     records_path = workdir / f"{safe}.jsonl"
     summary_path = workdir / f"{safe}.json"
@@ -127,11 +129,30 @@ def _run_client(cfg: ExperimentConfig, strategy: Strategy, address: str, start_a
         "--slowdown", str(cfg.slowdown), "--records", str(records_path), "--json", str(summary_path),
         "--start-at", f"{start_at:.3f}", *strategy.client_args(),
     ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=cfg.frames / max(cfg.fps, 1) * 20 + 300)
+    timeout = cfg.frames / max(cfg.fps, 1) * 20 + 300
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        try:
+            while True:
+                try:
+                    proc.wait(0.5)
+                    break
+                except subprocess.TimeoutExpired:
+                    if time.time() > start_at + timeout:
+                        raise
+                    if tick is not None and cfg.fps > 0:
+                        tick(int(min(cfg.frames, max(0.0, (time.time() - start_at) * cfg.fps))))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
     if not records_path.is_file():
-        raise RuntimeError(f"device-client for {strategy.name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"device-client for {strategy.name} failed ({proc.returncode}):\n{stderr[-3000:]}")
     records = [json.loads(line) for line in records_path.read_text().splitlines()]
-    return StrategyRun(strategy, records, json.loads(summary_path.read_text()), proc.stdout + proc.stderr)
+    return StrategyRun(strategy, records, json.loads(summary_path.read_text()), stdout + stderr)
 
 
 def reference_predictions(bundle: Bundle, images: np.ndarray) -> np.ndarray:
@@ -173,9 +194,12 @@ def score(run: StrategyRun, labels: np.ndarray, teacher: np.ndarray, deadline_ms
     }
 
 
-def run_experiment(cfg: ExperimentConfig, on_progress: Callable[[str], None] | None = None,
+def run_experiment(cfg: ExperimentConfig, on_progress: Callable[[str, int], None] | None = None,
                    keep_dir: Path | None = None) -> dict:  # fmt: skip
-    """Run every strategy through the emulated link; returns the JSON-able report."""
+    """Run every strategy through the emulated link; returns the JSON-able report.
+
+    ``on_progress(strategy name, frames started so far over all strategies)`` is called while it runs.
+    """
     from splitserve.data.samples import load_sample
     from splitserve.models.zoo import load
 
@@ -192,19 +216,25 @@ def run_experiment(cfg: ExperimentConfig, on_progress: Callable[[str], None] | N
     rows, runs = [], []
     try:
         with _server(cfg, workdir, None) if netns is None else _netns_server(cfg, workdir, netns) as (host, port):
-            for strategy in cfg.strategies:
-                if on_progress:
-                    on_progress(strategy.name)
+            for n, strategy in enumerate(cfg.strategies):
+
+                def tick(frames: int, name: str = strategy.name, before: int = n * cfg.frames) -> None:
+                    if on_progress:
+                        on_progress(name, before + frames)
+
+                tick(0)
                 start_at = time.time() + cfg.warmup_s
                 if netns is not None:
                     netns.restart_links(start_at)
-                    run = _run_client(cfg, strategy, f"{host}:{port}", start_at, workdir, netns.device.exec_prefix())
+                    run = _run_client(
+                        cfg, strategy, f"{host}:{port}", start_at, workdir, netns.device.exec_prefix(), tick
+                    )
                 else:
                     start = time.monotonic() + (start_at - time.time())
                     proxy = LinkProxy("127.0.0.1", port, cfg.uplink, cfg.downlink, seed=cfg.seed, start=start)
                     thread = _ProxyThread(proxy)
                     try:
-                        run = _run_client(cfg, strategy, f"127.0.0.1:{thread.port}", start_at, workdir, [])
+                        run = _run_client(cfg, strategy, f"127.0.0.1:{thread.port}", start_at, workdir, [], tick)
                     finally:
                         thread.close()
                 runs.append(run)
@@ -231,6 +261,7 @@ def run_experiment(cfg: ExperimentConfig, on_progress: Callable[[str], None] | N
                     "width": r["width"],
                     "local": r["local"],
                     "bw_bps": r["bw_bps"],
+                    "link_bps": _link_bps(cfg.uplink, r["t"]),
                     "status": r["status"],
                     "server_ms": r["server_ms"],
                     "bytes": r["bytes"],
@@ -240,6 +271,12 @@ def run_experiment(cfg: ExperimentConfig, on_progress: Callable[[str], None] | N
             for run in runs
         },  # fmt: skip
     }
+
+
+def _link_bps(link: LinkConfig, t: float) -> float | None:
+    """The uplink's capacity when a frame started (its clock starts with the run's first frame)."""
+    rate = float(link_rate_bps(link.trace, link.rate_bps, np.array([t]))[0])
+    return None if np.isnan(rate) else rate
 
 
 @contextlib.contextmanager

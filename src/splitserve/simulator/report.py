@@ -49,6 +49,8 @@ def crossovers(bandwidths: np.ndarray, curves: dict[str, np.ndarray], pairs: lis
 
 
 def plot_run(report: dict, path: Path, trace_series: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    """Latency per strategy (upper panel); below, per frame of the adaptive run: the link's rate, the
+    bandwidth estimate the frame was planned with (and its +-1 sigma band), and the width it chose."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,21 +75,32 @@ def plot_run(report: dict, path: Path, trace_series: tuple[np.ndarray, np.ndarra
     ax.tick_params(axis="x", rotation=30)
     if panels == 2:
         ax2 = axes[1][0]
-        if trace_series is not None:
+        pts = timeline[adaptive] if adaptive else []
+        t = np.array([p["t"] for p in pts])
+        link_bps = np.array([p.get("link_bps") or np.nan for p in pts], dtype=float)
+        if pts and not np.all(np.isnan(link_bps)):
+            ax2.step(t, link_bps / 1e6, where="post", color="0.55", label="link rate")
+        elif trace_series is not None:
             t_ms, rate = trace_series
-            ax2.step(t_ms / 1e3, rate / 1e6, where="post", color="0.6", label="link rate (trace)")
-        if adaptive:
-            pts = timeline[adaptive]
-            t = np.array([p["t"] for p in pts])
-            bw = np.array([p["bw_bps"] if p["bw_bps"] else np.nan for p in pts])
-            ax2.plot(t, bw / 1e6, color="tab:blue", label="estimated bandwidth")
+            ax2.step(t_ms / 1e3, rate / 1e6, where="post", color="0.55", label="link rate (trace)")
+        if pts:
+            bw = np.array([p["bw_bps"] if p["bw_bps"] else np.nan for p in pts], dtype=float)
+            sigma = np.array([p.get("bw_sigma") or 0.0 for p in pts], dtype=float)
+            ax2.plot(t, bw / 1e6, color="tab:blue", label="estimate (planned with)")
+            if np.any(sigma > 0):
+                ax2.fill_between(t, bw * np.exp(-sigma) / 1e6, bw * np.exp(sigma) / 1e6, color="tab:blue",
+                                 alpha=0.15, linewidth=0, label="estimate +-1 sigma")  # fmt: skip
+            ax2.set_yscale("log")
             ax3 = ax2.twinx()
             widths = np.array([-1 if p["local"] else p["width"] for p in pts])
             ax3.step(t, widths, where="post", color="tab:orange", label="chosen width (-1: local)")
+            probes = [p["t"] for p in pts if p.get("probe")]
+            if probes:
+                ax3.plot(probes, [-1] * len(probes), "|", color="tab:green", markersize=10, label="probe sent")
             ax3.set_ylabel("width")
+            ax3.set_ylim(-1.5, max(widths.max(), 0) + 0.5)
             ax3.legend(loc="upper right")
-        if adaptive and timeline[adaptive]:  # the trace repeats for far longer than a run: show the run
-            ax2.set_xlim(0, max(p["t"] for p in timeline[adaptive]) * 1.02)
+            ax2.set_xlim(0, t.max() * 1.02)  # the trace repeats for far longer than a run: show the run
         ax2.set_xlabel("time (s)")
         ax2.set_ylabel("Mbit/s")
         ax2.legend(loc="upper left")

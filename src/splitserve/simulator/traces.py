@@ -44,6 +44,28 @@ class Trace:
         return bins[:-1], counts * MTU * 8 / (bin_ms / 1000)
 
 
+def link_rate_bps(trace: Trace | None, rate_bps: float | None, t_s: np.ndarray, window_ms: int = 500) -> np.ndarray:
+    """The link's capacity at each time (s from the trace's start): a trace's rate over the window
+    starting there (it repeats), or the constant rate (NaN when unlimited)."""
+    t_s = np.asarray(t_s, dtype=float)
+    if trace is None:
+        return np.full(t_s.shape, float(rate_bps) if rate_bps else np.nan)
+    opps, period = trace.opportunities_ms, trace.period_ms
+    start = np.mod(t_s * 1e3, period)
+    lo = np.searchsorted(opps, start, side="left")
+    hi = np.searchsorted(opps, start + window_ms, side="left")
+    wrapped = np.searchsorted(opps, start + window_ms - period, side="left")  # windows that run past the period
+    count = hi - lo + np.where(start + window_ms > period, wrapped, 0)
+    return count * MTU * 8 / (window_ms / 1000)
+
+
+def step_trace(steps: Sequence[tuple[float, float]] = ((10, 10e6), (10, 0.5e6), (10, 3e6))) -> Trace:
+    """The recovery test: (duration s, rate bits/s) steps, by default 10 s at 10 Mbit/s, 0.5, then 3."""
+    trace = make_trace(steps)
+    name = "step-" + "-".join(f"{rate / 1e6:g}" for _, rate in steps)
+    return Trace(trace.opportunities_ms, trace.period_ms, name)
+
+
 def load_trace(path: str | Path) -> Trace:
     path = Path(path)
     if not path.is_file():
