@@ -46,12 +46,12 @@ class Trace:
 
 def link_rate_bps(trace: Trace | None, rate_bps: float | None, t_s: np.ndarray, window_ms: int = 500) -> np.ndarray:
     """The link's capacity at each time (s from the trace's start): a trace's rate over the window
-    starting there (it repeats), or the constant rate (NaN when unlimited)."""
+    centred there (it repeats), or the constant rate (NaN when unlimited)."""
     t_s = np.asarray(t_s, dtype=float)
     if trace is None:
         return np.full(t_s.shape, float(rate_bps) if rate_bps else np.nan)
     opps, period = trace.opportunities_ms, trace.period_ms
-    start = np.mod(t_s * 1e3, period)
+    start = np.mod(t_s * 1e3 - window_ms / 2, period)
     lo = np.searchsorted(opps, start, side="left")
     hi = np.searchsorted(opps, start + window_ms, side="left")
     wrapped = np.searchsorted(opps, start + window_ms - period, side="left")  # windows that run past the period
