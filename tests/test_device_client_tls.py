@@ -85,3 +85,18 @@ def test_a_good_handshake_and_no_listener(server, pki):
 def test_unreadable_tls_files(tmp_path):
     why = explain_tls_failure(ChannelSettings(target="127.0.0.1:1", tls=True, ca_cert=str(tmp_path / "nope.pem")))
     assert "cannot use the TLS files" in why
+
+
+def test_the_client_says_why_it_cannot_connect(server, pki):
+    """device-client against a server that wants a client certificate, without one: one line that says so."""
+    import subprocess
+
+    from conftest import BIN
+
+    proc = subprocess.run(
+        [str(BIN / "device-client"), "--server", f"127.0.0.1:{server.port}", "--model", "fmnist-split", "--frames",
+         "2", "--tls", "--ca-cert", str(pki["ca"]), "--connect-timeout", "2"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "requires a client certificate" in proc.stderr and "Traceback" not in proc.stderr

@@ -35,6 +35,10 @@ class ChannelSettings:
     client_key: str = ""
     server_name: str = ""  # override the name checked against the server certificate
 
+    @property
+    def uses_tls(self) -> bool:
+        return bool(self.tls or self.ca_cert or self.client_cert)
+
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
@@ -59,13 +63,13 @@ def _credentials(settings: ChannelSettings) -> grpc.ChannelCredentials:
 
 
 def aio_channel(settings: ChannelSettings) -> grpc.aio.Channel:
-    if settings.tls or settings.ca_cert or settings.client_cert:
+    if settings.uses_tls:
         return grpc.aio.secure_channel(settings.target, _credentials(settings), options=_options(settings))
     return grpc.aio.insecure_channel(settings.target, options=_options(settings))
 
 
 def sync_channel(settings: ChannelSettings) -> grpc.Channel:
-    if settings.tls or settings.ca_cert or settings.client_cert:
+    if settings.uses_tls:
         return grpc.secure_channel(settings.target, _credentials(settings), options=_options(settings))
     return grpc.insecure_channel(settings.target, options=_options(settings))
 

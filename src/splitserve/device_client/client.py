@@ -40,7 +40,7 @@ import torch
 from splitserve.codecs import IMAGE_CODECS
 from splitserve.device_client.bandwidth import BandwidthMonitor
 from splitserve.device_client.bundles import fetch_head, local_bundle
-from splitserve.device_client.channel import ChannelSettings, aio_channel
+from splitserve.device_client.channel import ChannelSettings, aio_channel, explain_tls_failure
 from splitserve.device_client.head import EncodedFrame, HeadRunner
 from splitserve.device_client.policy import Decision, FramePlanner, Policy, WidthCost, make_policy, manifest_accuracy
 from splitserve.models.bundle import Bundle, BundleError
@@ -209,8 +209,11 @@ class AsyncSplitClient:
             await asyncio.wait_for(self._channel.channel_ready(), self.connect_timeout)
         except TimeoutError:
             await self._channel.close()
+            why = ""
+            if self.settings.uses_tls:  # gRPC only says "not ready": find out what the handshake says
+                why = ": " + await asyncio.to_thread(explain_tls_failure, self.settings)
             raise ClientError(
-                f"cannot reach the edge server at {self.settings.target} within {self.connect_timeout:.0f} s"
+                f"cannot reach the edge server at {self.settings.target} within {self.connect_timeout:.0f} s{why}"
             ) from None
         bundle = None if self.fetch else local_bundle(self.model, self.version)
         if bundle is None:
