@@ -70,19 +70,19 @@ def fresh(**kw) -> AdaptivePolicy:
 
 
 def test_adaptive_picks_the_widest_width_that_fits_the_deadline():
-    p = fresh()
+    p = fresh(up_after=1)
     # 150 ms deadline with 0.9 headroom = 135 ms. At 2 Mbit/s the widest (4000 B) needs
     # 16 ms on the wire + 40 RTT + 8 head + 3 server = 67 ms: it fits.
     assert p.decide(link(2e6), 150).width == 3
     # At 0.2 Mbit/s: 2000 B needs 80 + 40 + 7 + 3 = 130 ms (fits), 4000 B needs 211 ms (does not).
-    p = fresh()
+    p = fresh(up_after=1)
     d = p.decide(link(0.2e6), 150)
     assert d.width == 2 and d.predicted_ms == pytest.approx(130.0)
 
 
 def test_step_down_is_immediate_and_step_up_waits():
     p = fresh(up_after=3)
-    assert p.decide(link(4e6), 150).width == 3
+    assert [p.decide(link(4e6), 150).width for _ in range(3)] == [0, 0, 3]  # a session starts narrow
     assert p.decide(link(0.15e6), 150).width < 3  # bandwidth collapses: step down at once
     low = p.current
     widths = [p.decide(link(4e6), 150).width for _ in range(3)]
@@ -128,8 +128,10 @@ def test_local_fallback_probes_the_link_and_returns_when_it_recovers():
     assert not any(never.decide(link(20e3), 150).probe for _ in range(30))
 
 
-def test_no_estimate_yet_keeps_the_current_width():
-    p = fresh()
+def test_no_estimate_yet_starts_narrow_then_keeps_the_current_width():
+    p = fresh(up_after=1)
+    assert p.decide(LinkEstimate(None, None, 0), 150).width == 0
+    assert p.decide(link(4e6), 150).width == 3
     assert p.decide(LinkEstimate(None, None, 0), 150).width == 3
 
 
@@ -176,7 +178,7 @@ def test_frame_planner_feeds_the_monitor_and_the_policy():
     policy = fresh(up_after=1)
     planner = FramePlanner(policy, BandwidthMonitor(clock=clock))
     decision, estimate = planner.plan(150)
-    assert estimate.bandwidth_bps is None and decision.width == 3  # nothing measured: stay
+    assert estimate.bandwidth_bps is None and decision.width == 0  # nothing measured: the narrowest
     for nbytes in (500, 4000, 500, 4000):
         clock.t += 0.1
         planner.encoded(3, nbytes, 9.0)

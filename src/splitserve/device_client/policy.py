@@ -127,7 +127,9 @@ class AdaptivePolicy(Policy):
         self.confidence = confidence  # a width is feasible when it makes the deadline with this probability
         self.up_after = up_after
         self.probe_every = probe_every  # 0: never probe
-        self.current = len(self.costs) - 1
+        # A session starts at the narrowest width: the safest guess, and a small frame beside the wider
+        # ones that follow lets the monitor separate RTT from rate (frames of one size cannot).
+        self.current = 0
         self._fits_wider = 0
         self._local_run = 0
 
@@ -169,7 +171,7 @@ class AdaptivePolicy(Policy):
                 return Decision(local=True, predicted_ms=self.local_ms)
             return Decision(local=False, width=0)
         if link.bandwidth_bps is None or deadline_ms <= 0:
-            return Decision(local=False, width=self.current)  # nothing measured yet: stay
+            return Decision(local=False, width=self.current)  # nothing measured yet: stay (narrowest at first)
         p = [self.p_on_time(w, link, deadline_ms) for w in range(len(self.costs))]
         feasible = [w for w in range(len(self.costs)) if p[w] >= self.confidence]
         if not feasible:
