@@ -5,17 +5,22 @@ What a frame tells about the link
 A result gives ``network = (result time - send time) - server time``, the time
 the frame's bytes spent on the link plus the round trip.
 
-- RTT is the recent minimum of ``network`` less the frame's own transmission at
-  the current estimate: BBR's windowed min-RTT filter [BBR].
-- The rest is transmission: ``bytes / (network - RTT)`` is a throughput sample.
+- RTT: BBR's windowed min-RTT filter [BBR], extended to two frame sizes. The
+  least network time among small frames and among frames twice their size in
+  the last 10 s are two points near the lower envelope ``RTT + bytes * 8 /
+  rate`` (queueing only adds); the line through them meets zero bytes at the
+  RTT. Nothing estimated feeds back into it, so no error can feed on itself.
   RTT and rate separate only across frames of different sizes (widths, probes,
-  the payloads' own spread); frames of one size pin down their sum, which is
-  what predicting a frame of that size needs.
+  a session's narrow first frame); frames of one size pin down their sum, which
+  is what predicting a frame of that size needs, and the last fit stands.
+- The rest is transmission: ``bytes / (network - RTT)`` is a throughput sample.
 - A frame too small to take measurable time on the link (application-limited,
   as BBR calls it) is no sample, but it is a *lower bound*: the link moved
-  ``bytes`` in less than the smallest time we can resolve. A narrowest-width
-  probe on a link that has recovered to 10 Mbit/s is such a frame, and it must
-  still lift a collapsed estimate.
+  ``bytes`` in less than the smallest time we can resolve, and the estimate
+  moves up to the bound at once. A narrowest-width probe on a link that has
+  recovered to 10 Mbit/s is such a frame, and it must still lift a collapsed
+  estimate. (On a link much faster than its frames need, the estimate is that
+  bound, not the link's rate; the policy needs no more.)
 - A frame still in flight is an *upper bound*: the link has not moved its bytes
   in the time since it was sent (less RTT and server time). This is how a
   collapse shows within one frame interval, before any late result returns.
