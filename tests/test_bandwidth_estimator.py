@@ -130,3 +130,14 @@ def test_backlog_counts_bytes_still_queued():
     assert backlog == pytest.approx(10_000, rel=0.01)
     clock.t += 0.05  # 50 ms later about 6250 bytes have gone
     assert m.estimate([(5000, now), (5000, now)]).backlog_bytes == pytest.approx(10_000 - 6250, rel=0.15)
+
+
+def test_a_frame_left_unanswered_behind_answered_ones_does_not_hold_the_estimate_down():
+    clock = Clock()
+    _, _, _, m = run(lambda t: 2e6, 3.0, clock=clock)
+    lost = clock.t  # this frame's answer never comes (the server dropped it, or it was lost)
+    _, _, _, m = run(lambda t: 2e6, 5.0, monitor=m, clock=clock)  # later frames come back
+    assert m.estimate([(2700, lost)]).bandwidth_bps == pytest.approx(2e6, rel=0.2)
+    # a frame sent after the last answer still counts
+    clock.t += 1.0
+    assert m.estimate([(2700, lost), (2700, clock.t - 0.9)]).bandwidth_bps < 0.1e6

@@ -24,6 +24,8 @@ the frame's bytes spent on the link plus the round trip.
 - A frame still in flight is an *upper bound*: the link has not moved its bytes
   in the time since it was sent (less RTT and server time). This is how a
   collapse shows within one frame interval, before any late result returns.
+  Only frames sent after the latest one answered count: an older one still
+  unanswered is not waiting on the link (the stream delivers in order).
 
 The filter
 ----------
@@ -121,6 +123,7 @@ class BandwidthMonitor:
         self._rtts: collections.deque[tuple[float, int, float]] = collections.deque()  # time, bytes, network ms
         self._rtt_fit: float | None = None
         self._server_ms = 0.0
+        self._answered_sent = -math.inf  # send time of the latest-sent frame whose result came back
         self.samples = 0
         self.skipped = 0
 
@@ -194,6 +197,7 @@ class BandwidthMonitor:
         first = not (self.samples or self.skipped)
         self._server_ms = server_ms if first else self._server_ms + 0.2 * (server_ms - self._server_ms)
         network_ms = max(elapsed_ms - server_ms, 0.0)
+        self._answered_sent = max(self._answered_sent, self.clock() - elapsed_ms / 1e3)
         self._rtts.append((self.clock(), nbytes, network_ms))
         rtt = self.rtt_ms() or 0.0
         transfer_ms = network_ms - rtt
@@ -221,7 +225,9 @@ class BandwidthMonitor:
         rate = math.exp(self._x)
         sigma = math.sqrt(self._variance_now() + self._r)
         now = self.clock()
-        inflight = sorted(pending, key=lambda p: p[1])
+        # A frame sent before one whose result is back is not waiting on the link (a stream delivers in
+        # order): its answer was lost or the server holds it. It says nothing about the rate.
+        inflight = sorted((p for p in pending if p[1] > self._answered_sent), key=lambda p: p[1])
         backlog = 0.0
         if inflight:
             oldest_bytes, oldest_sent = inflight[0]
