@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -261,7 +262,7 @@ def run_experiment(cfg: ExperimentConfig, on_progress: Callable[[str, int], None
                     "width": r["width"],
                     "local": r["local"],
                     "bw_bps": r["bw_bps"],
-                    "link_bps": _link_bps(cfg.uplink, r["t"]),
+                    "link_bps": _link_bps(cfg.uplink, r["t"] + _late_s(run.log)),
                     "status": r["status"],
                     "server_ms": r["server_ms"],
                     "bytes": r["bytes"],
@@ -271,6 +272,12 @@ def run_experiment(cfg: ExperimentConfig, on_progress: Callable[[str, int], None
             for run in runs
         },  # fmt: skip
     }
+
+
+def _late_s(client_log: str) -> float:
+    """How late the device-client started after --start-at (it says so), when the link's clock began."""
+    found = re.search(r"ready (\d+(?:\.\d+)?) s after --start-at", client_log)
+    return float(found.group(1)) if found else 0.0
 
 
 def _link_bps(link: LinkConfig, t: float) -> float | None:
