@@ -7,7 +7,7 @@ from splitserve.simulator import analytic
 from splitserve.simulator.costs import StrategyCost
 from splitserve.simulator.link import LinkConfig
 from splitserve.simulator.strategies import Strategy
-from splitserve.simulator.traces import link_rate_bps, make_trace, step_trace
+from splitserve.simulator.traces import link_rate_bps, make_trace, parse_step_trace, step_trace
 
 # four widths shaped like lite0-imagenet's: 0.55 to 2.7 kB per frame, a few ms of head
 BYTES = (550, 1150, 1850, 2700)
@@ -34,6 +34,10 @@ def test_step_trace_and_link_rate():
     assert rate == pytest.approx([10e6, 0.5e6, 3e6, 10e6], rel=0.02)
     assert np.isnan(link_rate_bps(None, None, np.array([0.0])))[0]
     assert link_rate_bps(None, 2e6, np.array([5.0]))[0] == 2e6
+    parsed = parse_step_trace("step:10s@10mbps, 10s@0.5mbps,10s@3mbps")
+    assert parsed.name == trace.name and np.array_equal(parsed.opportunities_ms, trace.opportunities_ms)
+    with pytest.raises(ValueError, match="DURATION@RATE"):
+        parse_step_trace("step:10s")
 
 
 def test_adaptive_follows_each_step_within_two_seconds():

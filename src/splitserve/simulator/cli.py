@@ -31,7 +31,8 @@ def _common(p: argparse.ArgumentParser, sweep: bool) -> None:
         p.add_argument("--points", type=int, default=24, help="bandwidths in the sweep (log-spaced)")
     else:
         p.add_argument("--bandwidth", default="2mbps", help="uplink rate, e.g. 2mbps (default 2mbps)")
-        p.add_argument("--trace", help="Mahimahi uplink trace (overrides --bandwidth)")
+        p.add_argument("--trace", help="Mahimahi uplink trace (overrides --bandwidth), or a step trace: "
+                                        "step:10s@10mbps,10s@0.5mbps,10s@3mbps")  # fmt: skip
         p.add_argument("--netns", action="store_true", help="kernel TCP over TUN devices in network namespaces (root)")
         p.add_argument("--analytic", action="store_true", help="the analytic model only: no processes, seconds")
         p.add_argument("--keep", type=Path, help="keep per-frame records and logs in this directory")
@@ -72,10 +73,11 @@ def _default_model() -> str:
 
 def _links(args: argparse.Namespace, uplink_rate: float | None):  # type: ignore[no-untyped-def]
     from splitserve.simulator.link import LinkConfig
-    from splitserve.simulator.traces import load_trace
+    from splitserve.simulator.traces import load_trace, parse_step_trace
     from splitserve.simulator.units import parse_fraction, parse_rate, parse_size, parse_time_ms
 
-    trace = load_trace(args.trace) if getattr(args, "trace", None) else None
+    spec = getattr(args, "trace", None)
+    trace = (parse_step_trace(spec) if spec.startswith("step:") else load_trace(spec)) if spec else None
     common = dict(delay_ms=parse_time_ms(args.delay), jitter_ms=parse_time_ms(args.jitter),
                   loss=parse_fraction(args.loss), burst=args.burst, queue_bytes=parse_size(args.queue))  # fmt: skip
     up = LinkConfig(rate_bps=None if trace else uplink_rate, trace=trace, **common)

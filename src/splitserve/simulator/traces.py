@@ -66,6 +66,20 @@ def step_trace(steps: Sequence[tuple[float, float]] = ((10, 10e6), (10, 0.5e6), 
     return Trace(trace.opportunities_ms, trace.period_ms, name)
 
 
+def parse_step_trace(spec: str) -> Trace:
+    """``step:10s@10mbps,10s@0.5mbps,10s@3mbps``: a step trace from (duration @ rate) pairs."""
+    from splitserve.simulator.units import parse_rate, parse_time_ms
+
+    body = spec.removeprefix("step:")
+    steps = []
+    for part in body.split(","):
+        duration, sep, rate = part.strip().partition("@")
+        if not sep:
+            raise ValueError(f"step trace {spec!r}: write each step as DURATION@RATE, e.g. 10s@0.5mbps")
+        steps.append((parse_time_ms(duration) / 1e3, parse_rate(rate)))
+    return step_trace(steps)
+
+
 def load_trace(path: str | Path) -> Trace:
     path = Path(path)
     if not path.is_file():
