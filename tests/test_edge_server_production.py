@@ -27,7 +27,11 @@ TOKEN = "s3cret-token-for-device-7"
 def repo(tmp_path, fmnist):
     """A model repository holding a copy of the bundled fmnist model as version 1."""
     root = tmp_path / "models"
-    shutil.copytree(fmnist.path, root / fmnist.name / "1")
+    dest = root / fmnist.name / "1"
+    shutil.copytree(fmnist.path, dest)
+    manifest = json.loads((dest / "manifest.json").read_text())
+    manifest["version"] = "1"  # whatever version is shipped, the tests below count from 1
+    (dest / "manifest.json").write_text(json.dumps(manifest))
     return root
 
 

@@ -125,7 +125,12 @@ def test_analytic_model_agrees_with_the_emulated_run(tmp_path):
     for e, a in zip(emulated["strategies"], analytic["strategies"], strict=True):
         assert e["name"] == a["name"]
         assert a["bytes_per_frame"] == pytest.approx(e["bytes_per_frame"], rel=0.1)
-        assert a["latency_ms"]["p50"] == pytest.approx(e["latency_ms"]["p50"], rel=0.2), e["name"]
+        # The link's share of the latency must agree: on a busy machine the emulated run's own compute
+        # (device head, server) stretches, which is not what the analytic model is checked for. 10 ms of
+        # slack still fails a model that forgets the 60 ms round trip or JPEG's ~30 ms on the wire.
+        e_link = e["latency_ms"]["p50"] - e["device_ms"]
+        a_link = a["latency_ms"]["p50"] - a["device_ms"]
+        assert a_link == pytest.approx(e_link, rel=0.2, abs=10), e["name"]
 
 
 def test_sweep_names_crossovers(tmp_path):
