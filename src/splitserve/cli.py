@@ -44,6 +44,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from splitserve.memory import keep_freed_memory
     from splitserve.training.config import ConfigError, load_config
     from splitserve.training.pipeline import train
 
@@ -57,6 +58,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.data_root:
         cfg.data.root = args.data_root
     work = Path(args.work) if args.work else Path("runs") / f"{cfg.model.name}-{cfg.model.version}"
+    keep_freed_memory()
     try:
         bundle = train(cfg, Path(args.out), work, resume=args.resume, progress=not args.no_progress)
     except (ConfigError, FileNotFoundError) as exc:
@@ -146,6 +148,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from splitserve.memory import keep_freed_memory
     from splitserve.models.zoo import load
     from splitserve.training.evaluate import (
         baseline_specs,
@@ -157,6 +160,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
 
     started = time.perf_counter()
+    keep_freed_memory()
     bundle = load(args.model)
     if args.images:
         images, labels, what = _labelled_eval_data(bundle, args.images, args.limit, args.include_trained)
