@@ -189,9 +189,10 @@ def test_metrics_after_traffic(start_server, fmnist):
             name, value = line.rsplit(" ", 1)
             samples[name] = float(value)
     width = str(fmnist.student.widths - 1)
-    ok = f'splitserve_frames_completed_total{{model="fmnist-split",status="OK",version="1",width="{width}"}}'
+    v = fmnist.version
+    ok = f'splitserve_frames_completed_total{{model="fmnist-split",status="OK",version="{v}",width="{width}"}}'
     assert samples[ok] == 12
-    assert samples[f'splitserve_frames_received_total{{model="fmnist-split",version="1",width="{width}"}}'] == 12
+    assert samples[f'splitserve_frames_received_total{{model="fmnist-split",version="{v}",width="{width}"}}'] == 12
     assert any(k.startswith("splitserve_bytes_received_total") and v > 0 for k, v in samples.items())
     for hist in ("server_latency_seconds", "queue_seconds", "decode_seconds", "tail_seconds", "batch_size"):
         assert any(k.startswith(f"splitserve_{hist}_count") and v > 0 for k, v in samples.items()), hist
