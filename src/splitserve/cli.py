@@ -128,8 +128,8 @@ def _labelled_eval_data(bundle, root: str, limit: int, include_trained: bool):  
         raise ValueError(f"{bundle.name} was trained on every image in {root}; --include-trained evaluates anyway")
     if limit:
         kept = kept[:limit]
-    print(f"reading {len(kept)} images from {root} (short side {round(height * 8 / 7)}, centre crop {height})",
-          flush=True)  # fmt: skip
+    short = labelled.eval_short_side(height)
+    print(f"reading {len(kept)} images from {root} (short side {short}, centre crop {height})", flush=True)
     images, labels = labelled.eval_frames(root, kept, height)
     left_out = sum(r.file in trained for r in rows)
     what = f"labelled images of {root}"

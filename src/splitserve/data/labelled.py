@@ -112,8 +112,12 @@ def load_images(root: str | Path, rows: list[LabelledImage], short_side: int) ->
         return list(pool.map(lambda r: load_image(root / r.file, short_side), rows))
 
 
+def eval_short_side(size: int) -> int:
+    """The short side images are resized to before a centre crop of ``size``: 256 for 224."""
+    return round(size * 8 / 7)
+
+
 def eval_frames(root: str | Path, rows: list[LabelledImage], size: int = 224) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 (N, size, size, 3) centre crops, int64 labels (N,)) with ImageNet evaluation preprocessing."""
-    short = round(size * 8 / 7)  # 256 for 224
-    images = [center_crop(img, size) for img in load_images(root, rows, short)]
+    images = [center_crop(img, size) for img in load_images(root, rows, eval_short_side(size))]
     return np.stack(images), np.array([r.index for r in rows], dtype=np.int64)

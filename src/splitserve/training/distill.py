@@ -79,19 +79,22 @@ class CachedTargets:
         for frozen in (student.encoder.prefix, teacher.head, teacher.tapped_tail):
             frozen.to(memory_format=torch.channels_last)
         bar = tqdm(total=count, desc="caching teacher outputs", unit="img", leave=False, disable=not progress)
+        cached = 0
         with torch.no_grad():
-            while sum(len(t) for t in targets) < count:
+            while cached < count:
                 for x, _ in frames.batches(batch, gen):
                     x = x.to(device)
                     xp = teacher.pre(x).contiguous(memory_format=torch.channels_last)
                     prefix_out = student.encoder.prefix(xp).contiguous()
-                    # a prefix that ends at the split computes the very targets: do not run it twice
+                    # a prefix that ends at the split computes the very targets: do not run or store them twice
                     feats = prefix_out if share else teacher.head(xp)
                     inputs.append(prefix_out.half().cpu())
-                    targets.append(prefix_out.half().cpu() if share else feats.half().cpu())
+                    if not share:
+                        targets.append(feats.half().cpu())
                     logits.append(teacher.tapped_tail(feats)[0].half().cpu())
+                    cached += len(x)
                     bar.update(len(x))
-                    if sum(len(t) for t in targets) >= count:
+                    if cached >= count:
                         break
         bar.close()
         self.inputs = torch.cat(inputs)[:count]
