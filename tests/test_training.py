@@ -11,7 +11,7 @@ from conftest import BIN
 from splitserve.data.samples import load_sample
 from splitserve.models import Bundle
 from splitserve.training.config import ConfigError, load_config, parse_config
-from splitserve.training.pipeline import train
+from splitserve.training.recipe import train
 
 SMOKE = """
 seed = 3

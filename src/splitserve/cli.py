@@ -46,7 +46,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from splitserve.memory import keep_freed_memory
     from splitserve.training.config import ConfigError, load_config
-    from splitserve.training.pipeline import train
+    from splitserve.training.recipe import train
 
     try:
         cfg = load_config(args.config)

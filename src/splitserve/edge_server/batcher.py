@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from splitserve.edge_server.config import BatchingConfig
-from splitserve.edge_server.runner import TailRunner
+from splitserve.edge_server.tail import TailRunner
 from splitserve.proto import edge_inference_pb2 as pb
 
 log = logging.getLogger("splitserve.server")

@@ -19,7 +19,7 @@ import torch
 from splitserve.codecs import IMAGE_CODECS, Decoder
 from splitserve.edge_server.batcher import Batcher
 from splitserve.edge_server.config import BatchingConfig, model_batching
-from splitserve.edge_server.runner import DeviceWorker, TailRunner, stage_key
+from splitserve.edge_server.tail import DeviceWorker, TailRunner, stage_key
 from splitserve.models.bundle import HEAD_FILE, Bundle
 from splitserve.models.zoo import BUNDLED, bundle_dirs, version_key
 

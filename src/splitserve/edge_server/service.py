@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from splitserve.edge_server.pipeline import InferencePipeline
+from splitserve.edge_server.inference import InferencePipeline
 from splitserve.edge_server.repository import ModelRepository, UnknownModel
 from splitserve.edge_server.session import StreamSession
 from splitserve.models.bundle import Bundle

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-from splitserve.edge_server.pipeline import InferencePipeline
+from splitserve.edge_server.inference import InferencePipeline
 from splitserve.proto import edge_inference_pb2 as pb
 
 log = logging.getLogger("splitserve.server")

@@ -18,7 +18,7 @@ from splitserve.edge_server.batcher import Outcome, Overloaded
 from splitserve.edge_server.config import ServerConfig
 from splitserve.edge_server.metrics import UNKNOWN, ServerMetrics
 from splitserve.edge_server.repository import ModelRepository, UnknownModel
-from splitserve.edge_server.runner import stage_key
+from splitserve.edge_server.tail import stage_key
 from splitserve.proto import edge_inference_pb2 as pb
 
 log = logging.getLogger("splitserve.server")
