@@ -21,7 +21,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 
 from splitserve.data.samples import load_sample
 from splitserve.device_client.client import AsyncSplitClient
+from splitserve.simulator.experiment import free_port
 from splitserve.simulator.link import LinkConfig
 from splitserve.simulator.proxy import LinkProxy
 from splitserve.simulator.units import parse_fraction, parse_rate, parse_time_ms
@@ -37,10 +37,6 @@ from splitserve.simulator.units import parse_fraction, parse_rate, parse_time_ms
 BIN = Path(sys.executable).parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mib(pid: int) -> float | None:

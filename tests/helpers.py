@@ -7,6 +7,7 @@ import zlib
 import grpc
 import torch
 
+from splitserve.models.bundle import DevicePath
 from splitserve.proto import edge_inference_pb2 as pb
 from splitserve.proto import edge_inference_pb2_grpc as pb_grpc
 
@@ -16,12 +17,10 @@ def good_frame(bundle, frame_id: int, width: int = -1) -> pb.Frame:
 
     images, _ = load_sample("fmnist-test")
     width = bundle.student.widths - 1 if width < 0 else width
-    with torch.inference_mode():
-        y = bundle.device_stage("entropic", width)(bundle.preprocess()(torch.from_numpy(images[frame_id % 100])[None]))
-    payload = bundle.encoder_for("entropic", width).encode(y[0])
+    device = DevicePath(bundle, "entropic", width)
+    payload = device(torch.from_numpy(images[frame_id % 100])[None])[0]
     return pb.Frame(
-        frame_id=frame_id, model=bundle.name, codec="entropic", width=width, payload=payload,
-        shape=list(bundle.latent_shape(width)),
+        frame_id=frame_id, model=bundle.name, codec="entropic", width=width, payload=payload, shape=list(device.shape),
     )  # fmt: skip
 
 

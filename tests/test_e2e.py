@@ -9,22 +9,21 @@ import pytest
 import torch
 from conftest import BIN
 
+from splitserve.models.bundle import DevicePath
+
 pytestmark = pytest.mark.e2e
 
 
 def reference_predictions(bundle, images: np.ndarray, codec: str = "entropic", width: int = -1) -> np.ndarray:
     """head + codec + tail in one process, one frame at a time, through the real payload bytes."""
     width = bundle.student.widths - 1 if width < 0 else width
-    pre = bundle.preprocess()
-    head = bundle.device_stage(codec, width)
-    enc, dec = bundle.encoder_for(codec, width), bundle.decoder_for(codec, width)
-    tail = bundle.server_stage(codec, width)
-    shape = bundle.payload_shape(codec, width)
+    device = DevicePath(bundle, codec, width)
+    dec, tail = bundle.decoder_for(codec, device.width), bundle.server_stage(codec, device.width)
     out = []
     with torch.inference_mode():
         for img in images:
-            y = head(pre(torch.from_numpy(img)[None]))[0]
-            out.append(int(tail(dec.decode(enc.encode(y), shape)[None]).argmax(1)))
+            payload = device(torch.from_numpy(img)[None])[0]
+            out.append(int(tail(dec.decode(payload, device.shape)[None]).argmax(1)))
     return np.array(out)
 
 

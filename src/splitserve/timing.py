@@ -1,9 +1,9 @@
-"""Timing helpers shared by evaluation, the simulator's cost model and benchmarks."""
+"""Timing helpers shared by evaluation, the device client, the simulator's cost model and benchmarks."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -18,3 +18,10 @@ def median_ms(fn: Callable[[], object], repeat: int = 30, warmup: int = 3) -> fl
         fn()
         samples.append((time.perf_counter() - t0) * 1e3)
     return float(np.median(samples))
+
+
+def latency_summary(latencies_ms: Sequence[float]) -> dict[str, float | None]:
+    """p50 / p95 / p99 of latencies in ms (None each when there are none): every report's latency columns."""
+    values = np.asarray(latencies_ms, dtype=float)
+    quantiles = (("p50", 50), ("p95", 95), ("p99", 99))
+    return {q: (float(np.percentile(values, v)) if len(values) else None) for q, v in quantiles}

@@ -2,15 +2,18 @@
 
     encoder = get_encoder("jpeg", quality=75)
     decoder = get_decoder("jpeg", shape=(224, 224, 3))
+    codec_kind("jpeg")  # PayloadKind.IMAGE: no device stage, the image's shape, one batch per model
 
-Each codec lives in its own module; ``base`` holds the interface.
+Each codec lives in its own module; ``base`` holds the interface. This is the one
+place that maps a codec id to what it is: callers ask ``codec_kind`` and never
+compare codec ids themselves.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from splitserve.codecs.base import CodecError, Decoder, Encoder
+from splitserve.codecs.base import BatchKey, CodecError, Decoder, Encoder, PayloadKind
 from splitserve.codecs.entropic import EntropicDecoder, EntropicEncoder, EntropyTables
 from splitserve.codecs.image import (
     JpegDecoder,
@@ -31,8 +34,8 @@ _CODECS: dict[str, tuple[type[Encoder], type[Decoder]]] = {
     "png": (PngEncoder, PngDecoder),
 }
 
-FEATURE_CODECS = ("entropic", "fp16", "int8")
-IMAGE_CODECS = ("jpeg", "webp", "png")
+# Every codec id, in the order manifests and help texts list them.
+CODEC_IDS: tuple[str, ...] = tuple(_CODECS)
 
 
 def _lookup(codec_id: str) -> tuple[type[Encoder], type[Decoder]]:
@@ -50,18 +53,20 @@ def get_decoder(codec_id: str, **params: Any) -> Decoder:
     return _lookup(codec_id)[1](**params)
 
 
-def codec_ids() -> list[str]:
-    return sorted(_CODECS)
+def codec_kind(codec_id: str) -> PayloadKind:
+    """What a codec's payload carries: its shape, whether the device runs a network first, its batch key."""
+    return _lookup(codec_id)[0].kind
 
 
 __all__ = [
+    "BatchKey",
+    "CODEC_IDS",
     "CodecError",
     "Decoder",
     "Encoder",
     "EntropyTables",
-    "FEATURE_CODECS",
-    "IMAGE_CODECS",
-    "codec_ids",
+    "PayloadKind",
+    "codec_kind",
     "get_decoder",
     "get_encoder",
 ]

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
 
 import torch
 
@@ -18,8 +21,81 @@ class CodecError(ValueError):
     """A payload could not be encoded or decoded. The message says what was wrong."""
 
 
+class ShapeSource(Protocol):
+    """Where the shapes a payload can take come from: a model bundle (``models.bundle.Bundle``)."""
+
+    feature_shape: tuple[int, ...]
+
+    def latent_shape(self, width: int) -> tuple[int, int, int]: ...
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]: ...
+
+
+class PayloadKind(Enum):
+    """What a codec's payload carries: everything a caller needs to know about a codec's kind.
+
+    The device runs a network before the codec unless the payload is the image itself; the
+    server groups frames by the tail that must run on them (one per width for bottleneck
+    latents, one for the teacher's split features, one for whole images).
+    """
+
+    LATENT = "latent"  # the slimmable head's bottleneck at one width (entropic)
+    FEATURES = "features"  # the teacher's features at the split point (fp16, int8)
+    IMAGE = "image"  # the camera frame itself, for full offload (jpeg, webp, png)
+
+    @property
+    def has_device_stage(self) -> bool:
+        """Whether the device runs a network before encoding (False: it encodes the raw frame)."""
+        return self is not PayloadKind.IMAGE
+
+    @property
+    def has_widths(self) -> bool:
+        """Whether the frame's width index selects anything (only the slimmable head has widths)."""
+        return self is PayloadKind.LATENT
+
+    @property
+    def has_quality(self) -> bool:
+        """Whether the encoder takes a ``quality`` (0..100): the lossy image codecs do (PNG ignores it)."""
+        return self is PayloadKind.IMAGE
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype a decoder returns: uint8 pixels for images, float features otherwise."""
+        return torch.uint8 if self is PayloadKind.IMAGE else torch.float32
+
+    def payload_shape(self, source: ShapeSource, width: int = 0) -> tuple[int, ...]:
+        """The shape a frame of this kind declares for a model (and width, for latents)."""
+        if self is PayloadKind.LATENT:
+            return source.latent_shape(width)
+        if self is PayloadKind.FEATURES:
+            return tuple(source.feature_shape)
+        return source.image_shape
+
+    def batch_key(self, width: int = 0) -> BatchKey:
+        """Frames of one model version with equal keys share one tail, so they batch together."""
+        return BatchKey(self, width if self.has_widths else 0)
+
+
+@dataclass(frozen=True)
+class BatchKey:
+    """Which server stage (tail) of a model version a frame needs: built once, compared, never parsed."""
+
+    kind: PayloadKind
+    width: int = 0
+
+    @property
+    def label(self) -> str:
+        """The metrics' width label: the width index for latents, else the kind ("features" / "image")."""
+        return str(self.width) if self.kind.has_widths else self.kind.value
+
+    def __str__(self) -> str:
+        return f"w{self.width}" if self.kind.has_widths else self.kind.value
+
+
 class Encoder(ABC):
     codec_id: str
+    kind: PayloadKind
 
     @abstractmethod
     def encode(self, data: torch.Tensor) -> bytes:
@@ -28,6 +104,7 @@ class Encoder(ABC):
 
 class Decoder(ABC):
     codec_id: str
+    kind: PayloadKind
 
     def __init__(self, shape: Sequence[int]) -> None:
         self.shape = tuple(int(s) for s in shape)

@@ -28,7 +28,7 @@ import constriction
 import numpy as np
 import torch
 
-from splitserve.codecs.base import CodecError, Decoder, Encoder, numel
+from splitserve.codecs.base import CodecError, Decoder, Encoder, PayloadKind, numel
 
 _Categorical = constriction.stream.model.Categorical
 _AnsCoder = constriction.stream.stack.AnsCoder
@@ -144,6 +144,7 @@ def _latent_shape(tables: EntropyTables, shape: Sequence[int]) -> tuple[int, int
 
 class EntropicEncoder(Encoder):
     codec_id = "entropic"
+    kind = PayloadKind.LATENT
 
     def __init__(self, tables: EntropyTables, shape: Sequence[int]) -> None:
         self.shape = _latent_shape(tables, shape)
@@ -172,6 +173,7 @@ class EntropicEncoder(Encoder):
 
 class EntropicDecoder(Decoder):
     codec_id = "entropic"
+    kind = PayloadKind.LATENT
 
     def __init__(self, tables: EntropyTables, shape: Sequence[int]) -> None:
         super().__init__(_latent_shape(tables, shape))

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from splitserve.codecs.base import CodecError, Decoder, Encoder
+from splitserve.codecs.base import CodecError, Decoder, Encoder, PayloadKind
 
 _MODES = {1: "L", 3: "RGB"}
 # warnings.catch_warnings swaps process-wide state: decoder threads take turns around Image.open
@@ -30,6 +30,7 @@ def _image_shape(shape: Sequence[int]) -> tuple[int, int, int]:
 
 
 class _ImageEncoder(Encoder):
+    kind = PayloadKind.IMAGE
     pil_format: str
 
     def __init__(self, quality: int = 75) -> None:
@@ -51,6 +52,7 @@ class _ImageEncoder(Encoder):
 
 
 class _ImageDecoder(Decoder):
+    kind = PayloadKind.IMAGE
     pil_format: str
 
     def __init__(self, shape: Sequence[int]) -> None:

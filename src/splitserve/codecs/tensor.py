@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import zstandard
 
-from splitserve.codecs.base import CodecError, Decoder, Encoder, numel
+from splitserve.codecs.base import CodecError, Decoder, Encoder, PayloadKind, numel
 
 _COMPRESSORS = {"zlib": 0, "zstd": 1}
 _VERSION = 1
@@ -35,6 +35,7 @@ def _finite(x: np.ndarray, codec_id: str) -> np.ndarray:
 
 class Fp16Encoder(Encoder):
     codec_id = "fp16"
+    kind = PayloadKind.FEATURES
 
     def encode(self, data: torch.Tensor) -> bytes:
         return data.detach().to("cpu", torch.float16).contiguous().numpy().astype("<f2").tobytes()
@@ -42,6 +43,7 @@ class Fp16Encoder(Encoder):
 
 class Fp16Decoder(Decoder):
     codec_id = "fp16"
+    kind = PayloadKind.FEATURES
 
     def decode(self, payload: bytes, shape: Sequence[int]) -> torch.Tensor:
         self.check_shape(shape)
@@ -54,6 +56,7 @@ class Fp16Decoder(Decoder):
 
 class Int8Encoder(Encoder):
     codec_id = "int8"
+    kind = PayloadKind.FEATURES
 
     def __init__(self, compressor: str = "zstd", per_channel: bool = True, level: int | None = None) -> None:
         if compressor not in _COMPRESSORS:
@@ -80,6 +83,7 @@ class Int8Encoder(Encoder):
 
 class Int8Decoder(Decoder):
     codec_id = "int8"
+    kind = PayloadKind.FEATURES
 
     def decode(self, payload: bytes, shape: Sequence[int]) -> torch.Tensor:
         self.check_shape(shape)

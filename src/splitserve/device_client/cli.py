@@ -20,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from splitserve.codecs import CODEC_IDS, codec_kind
 from splitserve.models.zoo import DEFAULT_MODEL
+from splitserve.timing import latency_summary
 
 
 def parser() -> argparse.ArgumentParser:
@@ -31,7 +33,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or bundle directory (default {DEFAULT_MODEL})")
     p.add_argument("--version", default="", help="model version (default: the newest)")
     p.add_argument("--frames", type=int, default=100, help="how many frames to send (default 100)")
-    p.add_argument("--codec", default="entropic", help="entropic | fp16 | int8 | jpeg | webp | png")
+    p.add_argument("--codec", default="entropic", help=" | ".join(CODEC_IDS))
     p.add_argument("--quality", type=int, default=75, help="JPEG / WebP quality (default 75)")
     p.add_argument("--width", type=int, default=-1, help="width index for the entropic codec (default: widest)")
     p.add_argument("--policy", default=None,
@@ -59,11 +61,8 @@ def parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> str:
     """What is wrong with the flags, before anything starts ("" when nothing is)."""
-    from splitserve.codecs import FEATURE_CODECS, IMAGE_CODECS
-
-    codecs = (*FEATURE_CODECS, *IMAGE_CODECS)
-    if args.codec not in codecs:
-        return f"--codec {args.codec}: unknown codec; one of {', '.join(codecs)}"
+    if args.codec not in CODEC_IDS:
+        return f"--codec {args.codec}: unknown codec; one of {', '.join(CODEC_IDS)}"
     for flag, value, low in (("--frames", args.frames, 1), ("--concurrency", args.concurrency, 1),
                              ("--width", args.width, -1), ("--deadline-ms", args.deadline_ms, 0)):  # fmt: skip
         if value < low:
@@ -82,13 +81,9 @@ def check_bundle(args: argparse.Namespace, bundle) -> str:  # type: ignore[no-un
     """What the flags ask of this model that it cannot do ("" when nothing)."""
     if args.codec not in bundle.codecs:
         return f"--codec {args.codec}: {bundle.name} serves {', '.join(bundle.codecs)}"
-    if args.codec == "entropic" and args.width >= bundle.student.widths:
+    if codec_kind(args.codec).has_widths and args.width >= bundle.student.widths:
         return f"--width {args.width}: {bundle.name} has widths 0..{bundle.student.widths - 1} (-1: the widest)"
     return ""
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    return float(np.percentile(values, q)) if values else None
 
 
 def summarize(predictions: list, labels: np.ndarray, deadline_ms: float = 0.0) -> dict:
@@ -105,9 +100,9 @@ def summarize(predictions: list, labels: np.ndarray, deadline_ms: float = 0.0) -
         "statuses": statuses,
         "accuracy": (sum(int(p.index == y) for p, y in known) / len(known)) if known else None,
         "bytes_per_frame": float(np.mean([p.payload_bytes for p in predictions])) if predictions else 0.0,
-        "latency_ms": {q: percentile(latencies, v) for q, v in (("p50", 50), ("p95", 95), ("p99", 99))},
+        "latency_ms": latency_summary(latencies),
         "deadline_miss": missed / len(predictions) if predictions else 0.0,
-        "head_ms": float(np.mean([p.head_ms for p in predictions])) if predictions else 0.0,
+        "device_ms": float(np.mean([p.device_ms for p in predictions])) if predictions else 0.0,
         "local_frames": sum(1 for p in predictions if p.local),
         "predictions": [p.index if p.ok else None for p in predictions],
     }
@@ -117,7 +112,7 @@ def record(i: int, t: float, p) -> dict:  # type: ignore[no-untyped-def]
     return {
         "i": i, "t": round(t, 4), "status": p.status, "latency_ms": round(p.latency_ms, 3),
         "bytes": p.payload_bytes, "codec": p.codec, "width": p.width, "local": p.local,
-        "head_ms": round(p.head_ms, 3), "pred": p.index if p.ok else None,
+        "device_ms": round(p.device_ms, 3), "pred": p.index if p.ok else None,
         "bw_bps": p.bandwidth_bps, "rtt_ms": p.rtt_ms, "server_ms": p.server.get("total_ms"),
         "attempts": p.attempts, "error": p.error,
     }  # fmt: skip

@@ -37,7 +37,7 @@ import grpc
 import numpy as np
 import torch
 
-from splitserve.codecs import IMAGE_CODECS
+from splitserve.codecs import codec_kind
 from splitserve.device_client.bandwidth import BandwidthMonitor
 from splitserve.device_client.bundles import fetch_head, local_bundle
 from splitserve.device_client.channel import ChannelSettings, aio_channel, explain_tls_failure
@@ -49,11 +49,8 @@ from splitserve.proto import edge_inference_pb2 as pb
 from splitserve.proto import edge_inference_pb2_grpc as pb_grpc
 
 log = logging.getLogger("splitserve.device")
-STATUS_NAMES = {v: k for k, v in pb.Result.Status.items()}
 # HTTP/2 DATA frame header + gRPC length prefix around each message
 GRPC_FRAMING = 9 + 5
-# what a Frame message adds around its payload: ids, model name, bundle sha256, shape, ...
-FRAME_OVERHEAD = 140
 # The stream's initial metadata carries the server's in-flight window (frames per stream).
 WINDOW_METADATA = "splitserve-max-inflight"
 DEFAULT_WINDOW = 16  # a server that does not say its window gets this many frames at once
@@ -65,6 +62,25 @@ RETRY_BACKOFF_S = 0.02
 def wire_bytes(frame: pb.Frame) -> int:
     """Bytes a frame puts on the link (TCP payload), payload and message framing included."""
     return frame.ByteSize() + GRPC_FRAMING
+
+
+def frame_overhead(bundle: Bundle, codec: str, width: int) -> int:
+    """Bytes a Frame of this model, codec and width puts on the link besides its payload.
+
+    Measured on a Frame filled as the client fills one (ids, model, bundle sha256, shape,
+    timestamps at their widest), so the policy and the simulator plan with the real size.
+    """
+    shape = bundle.payload_shape(codec, width)
+    frame = pb.Frame(
+        frame_id=1 << 20, model=bundle.name, version=bundle.version, bundle_sha256=bundle.sha256, codec=codec,
+        width=width, payload=b"", shape=list(shape), capture_time_us=time.time_ns() // 1000, deadline_ms=150, top_k=5,
+    )  # fmt: skip
+    return frame.ByteSize() + 3 + GRPC_FRAMING  # +3: the payload field's tag and length
+
+
+def status_name(status: int) -> str:
+    """A Result status as its proto name (the number, for a status this client does not know)."""
+    return pb.Result.Status.Name(status) if status in pb.Result.Status.values() else str(status)
 
 
 class ClientError(RuntimeError):
@@ -86,7 +102,7 @@ class Prediction:
     codec: str = ""
     width: int = 0
     payload_bytes: int = 0
-    head_ms: float = 0.0  # device compute (head + encoding, or the whole model when local)
+    device_ms: float = 0.0  # compute on this device: head + encoding, or the whole model for a local frame
     latency_ms: float = 0.0  # from infer() to the result, head included
     server: dict[str, float] = field(default_factory=dict)
     error: str = ""
@@ -236,11 +252,11 @@ class AsyncSplitClient:
         assert self.bundle is not None and self.head is not None
         costs = [
             WidthCost(
-                bytes=float(w.get("bytes_mean") or 1000.0) + FRAME_OVERHEAD,
+                bytes=float(w.get("bytes_mean") or 1000.0) + frame_overhead(self.bundle, "entropic", i),
                 head_ms=float(w.get("head_ms") or 1.0) * self.slowdown,
                 accuracy=manifest_accuracy(w),
             )
-            for w in self.bundle.widths
+            for i, w in enumerate(self.bundle.widths)
         ]
         local_ms = None
         if self.bundle.has_file("teacher.pt") or str(self.bundle.teacher_spec.get("weights", "")).startswith(
@@ -253,8 +269,8 @@ class AsyncSplitClient:
         """Local-only inference time on this device (slowdown applied), for the policy's fallback."""
         assert self.head is not None and self.bundle is not None
         frame = torch.zeros(self.bundle.input.image_shape, dtype=torch.uint8)
-        self.head.local(frame)
-        return float(np.median([self.head.local(frame)[1] for _ in range(repeat)])) * self.slowdown
+        self.head.infer_whole(frame)
+        return float(np.median([self.head.infer_whole(frame)[1] for _ in range(repeat)])) * self.slowdown
 
     async def _supervise(self) -> None:
         """Keep one stream open: reopen it with backoff and jitter whenever it breaks.
@@ -328,8 +344,11 @@ class AsyncSplitClient:
             self._outstanding.add(entry.frame.frame_id)
             try:
                 await call.write(entry.frame)
-            except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
-                return  # the stream broke: the supervisor sends the frame again on the next one
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
+                # the stream broke: the supervisor sends the frame again on the next one
+                log.warning("writing frame %d failed (%s: %s); it goes again on the next stream",
+                            entry.frame.frame_id, type(exc).__name__, exc)  # fmt: skip
+                return
 
     def _next_to_write(self) -> tuple[_InFlight | None, float | None]:
         """The next frame to write now, or (None, seconds until one may be ready)."""
@@ -447,7 +466,7 @@ class AsyncSplitClient:
         deadline = self.deadline_ms if deadline_ms is None else deadline_ms
         codec = codec or self.codec
         estimate = self.monitor.estimate(self._pending())
-        if width is None and codec == "entropic" and self.planner is not None:
+        if width is None and codec_kind(codec).has_widths and self.planner is not None:
             decision, estimate = self.planner.plan(deadline, self.connected, self._pending())
             if decision.local:
                 p = await self.infer_local(image)
@@ -460,12 +479,13 @@ class AsyncSplitClient:
                 return p
             width = decision.width
         enc = await self.encode(image, codec, self.width if width is None else width)
-        if self.planner is not None and enc.codec == "entropic":
-            self.planner.encoded(enc.width, len(enc.payload) + FRAME_OVERHEAD, enc.head_ms)
+        if self.planner is not None and codec_kind(enc.codec).has_widths:
+            self.planner.encoded(enc.width, len(enc.payload) + frame_overhead(self.bundle, enc.codec, enc.width),
+                                 enc.head_ms)  # fmt: skip
         frame_id = next(self._ids)
         prediction = Prediction(
             frame_id=frame_id, status="FAILED", codec=enc.codec, width=enc.width, payload_bytes=len(enc.payload),
-            head_ms=enc.head_ms, bandwidth_bps=estimate.bandwidth_bps, rtt_ms=estimate.rtt_ms,
+            device_ms=enc.head_ms, bandwidth_bps=estimate.bandwidth_bps, rtt_ms=estimate.rtt_ms,
         )  # fmt: skip
         elapsed_ms = (time.monotonic() - t0) * 1e3
         if deadline and elapsed_ms >= deadline:
@@ -474,7 +494,7 @@ class AsyncSplitClient:
             return prediction
         result = await self._send(enc, frame_id, deadline, t0, prediction)
         if result is not None:
-            prediction.status = STATUS_NAMES.get(result.status, str(result.status))
+            prediction.status = status_name(result.status)
             prediction.error = result.error
             prediction.top_k = [ClassScore(c.index, c.label, c.score) for c in result.top_k]
             prediction.server = _timings(result.timings)
@@ -531,14 +551,14 @@ class AsyncSplitClient:
         assert self.head is not None and self.bundle is not None
         t0 = time.perf_counter()
         loop = asyncio.get_running_loop()
-        scores, ms = await loop.run_in_executor(self._head_pool, self.head.local, image)
+        scores, ms = await loop.run_in_executor(self._head_pool, self.head.infer_whole, image)
         if self.slowdown > 1:
             await asyncio.sleep(ms * (self.slowdown - 1) / 1e3)
             ms *= self.slowdown
         vals, idx = scores.topk(min(self.top_k, len(scores)))
         labels = self.bundle.labels
         return Prediction(
-            frame_id=next(self._ids), status="OK", codec="local", head_ms=ms, local=True,
+            frame_id=next(self._ids), status="OK", codec="local", device_ms=ms, local=True,
             top_k=[ClassScore(int(i), labels[int(i)], float(v)) for v, i in zip(vals, idx, strict=True)],
             latency_ms=(time.perf_counter() - t0) * 1e3,
         )  # fmt: skip
@@ -622,4 +642,4 @@ class SplitClient:
         self.close()
 
 
-__all__ = ["AsyncSplitClient", "ClientError", "Prediction", "SplitClient", "IMAGE_CODECS"]
+__all__ = ["AsyncSplitClient", "ClientError", "Prediction", "SplitClient"]

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from splitserve.codecs import IMAGE_CODECS
-from splitserve.models.bundle import Bundle
+from splitserve.models.bundle import Bundle, DevicePath
 
 
 @dataclass
@@ -32,8 +31,6 @@ class HeadRunner:
         self.bundle = bundle
         if threads:
             torch.set_num_threads(threads)
-        self.pre = bundle.preprocess()
-        self._image_quality: dict[str, int] = {}
 
     def check_image(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
         frame = torch.as_tensor(image)
@@ -47,29 +44,20 @@ class HeadRunner:
             )
         return frame
 
-    @torch.inference_mode()
     def encode(self, image: np.ndarray | torch.Tensor, codec: str = "entropic", width: int = -1, quality: int = 75):
-        """One frame -> EncodedFrame. ``width`` -1 means the widest."""
+        """One frame -> EncodedFrame. ``width`` -1 means the widest (for codecs with widths)."""
         frame = self.check_image(image)
-        if codec == "entropic":
-            width = self.bundle.student.widths - 1 if width < 0 else width
-            self.bundle.check_width(width)
-        else:
-            width = 0
+        width = self.bundle.student.widths - 1 if width < 0 else width
+        path = DevicePath(self.bundle, codec, width, quality=quality)
         t0 = time.perf_counter()
-        if codec in IMAGE_CODECS:
-            payload = self.bundle.encoder_for(codec, quality=quality).encode(frame)
-        else:
-            stage = self.bundle.device_stage(codec, width)
-            features = stage(self.pre(frame.unsqueeze(0)))[0]
-            payload = self.bundle.encoder_for(codec, width).encode(features)
+        payload = path(frame.unsqueeze(0))[0]
         head_ms = (time.perf_counter() - t0) * 1e3
-        return EncodedFrame(codec, width, payload, self.bundle.payload_shape(codec, width), head_ms)
+        return EncodedFrame(codec, path.width, payload, path.shape, head_ms)
 
     @torch.inference_mode()
-    def local(self, image: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, float]:
-        """Local-only inference with the whole model: (softmax scores, compute ms)."""
+    def infer_whole(self, image: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Local-only inference with the whole, unsplit model: (softmax scores, compute ms)."""
         frame = self.check_image(image)
         t0 = time.perf_counter()
-        logits = self.bundle.local_model()(frame.unsqueeze(0))[0]
+        logits = self.bundle.whole_model()(frame.unsqueeze(0))[0]
         return torch.softmax(logits, 0), (time.perf_counter() - t0) * 1e3

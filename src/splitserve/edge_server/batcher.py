@@ -14,6 +14,7 @@ import asyncio
 import collections
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -66,17 +67,13 @@ class Batcher:
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._task = asyncio.create_task(self._dispatch(), name=f"batcher-{runner.key}")
-        self.on_batch = None  # optional callback(batch_size, outcomes) for metrics
-
-    @property
-    def queued(self) -> int:
-        return len(self._items)
+        self._task = asyncio.create_task(self._dispatch(), name=f"batcher-{runner.name}")
+        self.on_batch: Callable[[list[Outcome]], None] | None = None  # called with each batch's outcomes
 
     def submit(self, tensor: torch.Tensor, top_k: int, deadline: float | None) -> asyncio.Future:
         """Queue one decoded frame; the future resolves to its Outcome."""
         if len(self._items) >= self.cfg.max_queue:
-            raise Overloaded(f"{len(self._items)} frames already queued for {'/'.join(self.runner.key)}")
+            raise Overloaded(f"{len(self._items)} frames already queued for {self.runner.name}")
         fut = self._loop.create_future()
         self._items.append(Pending(tensor, top_k, deadline, fut))
         self._idle.clear()
@@ -136,7 +133,7 @@ class Batcher:
             try:
                 top = self.runner.run([batch[i].tensor for i in live], max(batch[i].top_k for i in live))
             except Exception as exc:  # a failed batch fails its frames, never the server
-                log.exception("tail failed for %s (batch of %d)", "/".join(self.runner.key), len(live))
+                log.exception("tail failed for %s (batch of %d)", self.runner.name, len(live))
                 for i in live:
                     outcomes[i] = Outcome(Status.INTERNAL, error=f"tail computation failed: {exc}")
             else:

@@ -1,6 +1,7 @@
-"""One frame through the server: resolve the model, decode the payload, batch, answer.
+"""One frame through the server, top to bottom: resolve the model, route, decode, batch, answer.
 
-    Frame -> model version -> decode (thread pool) -> batcher -> tail -> Result
+    Frame -> repository.resolve (model version) -> ServedModel.route (codec, width -> batch key)
+          -> decoder.decode (thread pool) -> Batcher.submit -> TailRunner.run (worker thread) -> Result
 
 Whatever goes wrong with a frame becomes that frame's Result status; nothing
 here raises past ``infer`` except cancellation.
@@ -17,22 +18,13 @@ from splitserve.codecs import CodecError
 from splitserve.edge_server.batcher import Outcome, Overloaded
 from splitserve.edge_server.config import ServerConfig
 from splitserve.edge_server.metrics import UNKNOWN, ServerMetrics
-from splitserve.edge_server.repository import ModelRepository, UnknownModel
-from splitserve.edge_server.tail import stage_key
+from splitserve.edge_server.repository import InvalidRoute, ModelRepository, UnknownModel
 from splitserve.proto import edge_inference_pb2 as pb
 
 log = logging.getLogger("splitserve.server")
 Status = pb.Result.Status
-STATUS_NAMES = {v: k for k, v in Status.items()}
 # A result echoes the frame's model, version and tags: bounded, so no frame can make its result big.
 MAX_NAME_CHARS = 256
-
-
-def width_label(codec: str, width: int) -> str:
-    """The metrics' width label: the width index, or the baseline path ("features" / "image")."""
-    key = stage_key(codec, width)
-    return key[1:] if key.startswith("w") else key
-
 
 class InferencePipeline:
     def __init__(self, repository: ModelRepository, cfg: ServerConfig, decode_pool: ThreadPoolExecutor) -> None:
@@ -54,7 +46,7 @@ class InferencePipeline:
             m.inflight.dec()
         m.frames_received.labels(*labels).inc()
         m.bytes_received.labels(*labels).inc(len(frame.payload))
-        m.frames_completed.labels(*labels, STATUS_NAMES.get(result.status, "INTERNAL")).inc()
+        m.frames_completed.labels(*labels, Status.Name(result.status)).inc()
         t = result.timings
         m.latency.labels(*labels).observe(t.total_ms / 1e3)
         if result.status == Status.OK:
@@ -122,24 +114,12 @@ class InferencePipeline:
         except UnknownModel as exc:
             return self._fail(frame, Status.UNKNOWN_MODEL, str(exc), received_us, t0), (UNKNOWN, UNKNOWN, UNKNOWN)
         bundle = served.bundle
-        codec, width = frame.codec, frame.width
-        labels = (bundle.name, bundle.version, "invalid")
-        if codec not in bundle.codecs:
-            return self._fail(
-                frame, Status.INVALID_FRAME,
-                f"codec {codec!r} is not served for {bundle.name}; codecs: {', '.join(bundle.codecs)}",
-                received_us, t0,
-            ), labels  # fmt: skip
-        if codec != "entropic":
-            width = 0
-        elif not 0 <= width < bundle.student.widths:
-            return self._fail(
-                frame, Status.INVALID_FRAME,
-                f"width {width} does not exist for {bundle.name}:{bundle.version} "
-                f"(widths 0..{bundle.student.widths - 1})",
-                received_us, t0,
-            ), labels  # fmt: skip
-        labels = (bundle.name, bundle.version, width_label(codec, width))
+        try:
+            route = served.route(frame.codec, frame.width)
+        except InvalidRoute as exc:
+            result = self._fail(frame, Status.INVALID_FRAME, str(exc), received_us, t0)
+            return result, (bundle.name, bundle.version, "invalid")
+        labels = (bundle.name, bundle.version, route.key.label)
         if len(frame.payload) > self.cfg.max_frame_bytes:
             return self._fail(
                 frame, Status.INVALID_FRAME,
@@ -147,12 +127,10 @@ class InferencePipeline:
                 received_us, t0,
             ), labels  # fmt: skip
 
-        decoder = served.decoder(codec, width)
-        shape = tuple(frame.shape)
         td = time.perf_counter()
         try:
             tensor = await asyncio.get_running_loop().run_in_executor(
-                self.decode_pool, decoder.decode, frame.payload, shape
+                self.decode_pool, route.decoder.decode, frame.payload, tuple(frame.shape)
             )
         except CodecError as exc:
             return self._fail(frame, Status.INVALID_FRAME, str(exc), received_us, t0), labels
@@ -161,7 +139,7 @@ class InferencePipeline:
         deadline = received_mono + frame.deadline_ms / 1000.0 if frame.deadline_ms else None
         top_k = frame.top_k or self.cfg.default_top_k
         try:
-            outcome: Outcome = await served.batcher(codec, width).submit(tensor, top_k, deadline)
+            outcome: Outcome = await route.batcher.submit(tensor, top_k, deadline)
         except Overloaded as exc:
             result = self._fail(frame, Status.OVERLOADED, f"server overloaded: {exc}; retry later", received_us, t0)
             return result, labels
@@ -173,7 +151,7 @@ class InferencePipeline:
             error=outcome.error,
             model=bundle.name,
             version=bundle.version,
-            width=width,
+            width=route.key.width,
             tags=frame.tags,
             top_k=[
                 pb.ClassScore(index=i, label=names[i] if i < len(names) else str(i), score=s)

@@ -14,13 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from splitserve.codecs import IMAGE_CODECS, Decoder
-from splitserve.edge_server.batcher import Batcher
+from splitserve.codecs import BatchKey, Decoder, codec_kind
+from splitserve.edge_server.batcher import Batcher, Outcome
 from splitserve.edge_server.config import BatchingConfig, model_batching
-from splitserve.edge_server.tail import DeviceWorker, TailRunner, stage_key
-from splitserve.models.bundle import HEAD_FILE, Bundle
+from splitserve.edge_server.tail import DeviceWorker, TailRunner
+from splitserve.models.bundle import HEAD_FILE, MANIFEST, Bundle
 from splitserve.models.zoo import BUNDLED, bundle_dirs, version_key
 
 log = logging.getLogger("splitserve.server")
@@ -30,42 +28,57 @@ class UnknownModel(LookupError):
     """No such model / version here; the message lists what is served."""
 
 
+class InvalidRoute(ValueError):
+    """A frame asks for a codec or width its model does not serve; the message says what is served."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one frame goes on a served model: its decoder, then the batcher of its tail."""
+
+    key: BatchKey
+    decoder: Decoder
+    batcher: Batcher
+
+
 @dataclass
 class ServedModel:
-    """One loaded bundle version: its tails (one per width / path) and their batchers."""
+    """One loaded bundle version: its tails (one per batch key) and their batchers."""
 
     bundle: Bundle
     batching: BatchingConfig
-    runners: dict[str, TailRunner]
-    batchers: dict[str, Batcher] = field(default_factory=dict)
+    runners: dict[BatchKey, TailRunner]
+    batchers: dict[BatchKey, Batcher] = field(default_factory=dict)
 
-    def batcher(self, codec: str, width: int) -> Batcher:
-        return self.batchers[stage_key(codec, width)]
-
-    def decoder(self, codec: str, width: int) -> Decoder:
-        return self.bundle.decoder_for(codec, width)
+    def route(self, codec: str, width: int) -> Route:
+        """The decoder and batcher for a frame's codec and width, or InvalidRoute."""
+        bundle = self.bundle
+        if codec not in bundle.codecs:
+            raise InvalidRoute(f"codec {codec!r} is not served for {bundle.name}; codecs: {', '.join(bundle.codecs)}")
+        key = codec_kind(codec).batch_key(width)
+        if key not in self.batchers:
+            raise InvalidRoute(
+                f"width {width} does not exist for {bundle.name}:{bundle.version} "
+                f"(widths 0..{bundle.student.widths - 1})"
+            )
+        return Route(key, bundle.decoder_for(codec, key.width), self.batchers[key])
 
 
 def _load(path: Path, worker: DeviceWorker, batching: BatchingConfig) -> ServedModel:
-    """Off the event loop: verify the bundle, build every tail on the device, warm each up."""
+    """Off the event loop: verify the bundle, build every tail and decoder, warm each tail up."""
     bundle = Bundle.load(path)
     if bundle.has_file(HEAD_FILE):
         bundle.encoder()  # the head goes to devices (GetHead): it too must load, as weights only
-    runners: dict[str, TailRunner] = {}
+    runners: dict[BatchKey, TailRunner] = {}
     for codec in bundle.codecs:
-        if codec == "entropic":
-            for w in range(bundle.student.widths):
-                runners.setdefault(stage_key(codec, w), TailRunner(bundle, codec, w, worker))
-        else:
-            runners.setdefault(stage_key(codec, 0), TailRunner(bundle, codec, 0, worker))
-    for codec in bundle.codecs:  # build decoders here, off the event loop, not on the first frame
-        for w in range(bundle.student.widths if codec == "entropic" else 1):
-            bundle.decoder_for(codec, w)
-    for key, runner in runners.items():
-        codec = "entropic" if key.startswith("w") else ("png" if key == "image" else "fp16")
-        shape = bundle.payload_shape(codec, runner.width)
-        dtype = torch.uint8 if codec in IMAGE_CODECS else torch.float32
-        worker.submit(runner.warm_up, torch.zeros(shape, dtype=dtype)).result()
+        kind = codec_kind(codec)
+        for width in range(bundle.student.widths) if kind.has_widths else [0]:
+            key = kind.batch_key(width)
+            if key not in runners:
+                runners[key] = TailRunner(bundle, codec, key, worker)
+            bundle.decoder_for(codec, width)  # built here, off the event loop, not on the first frame
+    for runner in runners.values():
+        worker.submit(runner.warm_up).result()
     return ServedModel(bundle, batching, runners)
 
 
@@ -88,7 +101,7 @@ class ModelRepository:
                 if version in self._models.get(name, {}):
                     continue
                 try:
-                    mtime = (path / "manifest.json").stat().st_mtime
+                    mtime = (path / MANIFEST).stat().st_mtime
                 except OSError:
                     continue  # removed while this scan ran
                 if self._refused.get(path) == mtime:
@@ -120,11 +133,10 @@ class ModelRepository:
     def _batcher(self, runner: TailRunner, batching: BatchingConfig) -> Batcher:
         batcher = Batcher(runner, batching)
         if self.metrics is not None:
-            name, version, key = runner.key
-            labels = (name, version, key[1:] if key.startswith("w") else key)
+            labels = (runner.bundle.name, runner.bundle.version, runner.key.label)
             metrics = self.metrics
 
-            def observe(outcomes: list) -> None:  # type: ignore[type-arg]
+            def observe(outcomes: list[Outcome]) -> None:
                 done = [o for o in outcomes if o.batch_size]
                 if done:
                     metrics.batch_done(*labels, done[0].batch_size, done[0].tail_ms / 1e3)

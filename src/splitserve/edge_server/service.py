@@ -44,7 +44,7 @@ def manifest_message(bundle: Bundle) -> pb.ModelManifest:
         codecs=bundle.codecs,
         files=[pb.FileInfo(path=k, sha256=v["sha256"], size=int(v["size"])) for k, v in m["files"].items()],
         bundle_sha256=bundle.sha256,
-        manifest_json=json.dumps(m, sort_keys=True),
+        manifest_json=json.dumps(dict(m), sort_keys=True),
     )
 
 

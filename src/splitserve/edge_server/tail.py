@@ -2,22 +2,19 @@
 
 Each compute device gets one worker thread, so batches run one after another on
 it and never on the event loop. A TailRunner is the server half of one model
-version at one width (or the raw-feature / image path) on that device.
+version for one batch key (a width of the entropic codec, the raw-feature path
+or the image path) on that device.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
 
-from splitserve.codecs import IMAGE_CODECS
+from splitserve.codecs import BatchKey
 from splitserve.models.bundle import Bundle
-
-log = logging.getLogger("splitserve.server")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -27,13 +24,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
     return device
-
-
-def stage_key(codec: str, width: int) -> str:
-    """Frames with the same stage key share one tail, so they batch together."""
-    if codec == "entropic":
-        return f"w{width}"
-    return "image" if codec in IMAGE_CODECS else "features"
 
 
 class DeviceWorker:
@@ -58,22 +48,22 @@ class TopK:
 
 
 class TailRunner:
-    """The server stage of one (model, version, stage key) on one device; called on its worker thread."""
+    """The server stage of one (model, version, batch key) on one device; called on its worker thread."""
 
-    def __init__(self, bundle: Bundle, codec: str, width: int, worker: DeviceWorker) -> None:
+    def __init__(self, bundle: Bundle, codec: str, key: BatchKey, worker: DeviceWorker) -> None:
         self.bundle = bundle
-        self.key = (bundle.name, bundle.version, stage_key(codec, width))
+        self.key = key
+        self.name = f"{bundle.name}:{bundle.version}/{key}"  # for logs
         self.worker = worker
         self.device = worker.device
-        self.width = width
-        self._lock = threading.Lock()
         with torch.no_grad():
-            self.module = bundle.server_stage(codec, width).to(self.device).eval()
-        self.num_classes = len(bundle.labels)
+            self.module = bundle.server_stage(codec, key.width).to(self.device).eval()
         self._pin = self.device.type == "cuda"
 
-    def warm_up(self, example: torch.Tensor) -> None:
-        self.run([example], 1)
+    def warm_up(self) -> None:
+        """Run one all-zero payload tensor through, so the first real frame does not pay for set-up."""
+        shape = self.key.kind.payload_shape(self.bundle, self.key.width)
+        self.run([torch.zeros(shape, dtype=self.key.kind.dtype)], 1)
 
     @torch.inference_mode()
     def run(self, inputs: list[torch.Tensor], top_k: int) -> TopK:

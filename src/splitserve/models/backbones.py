@@ -9,7 +9,6 @@ impossible, and says so.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -83,14 +82,6 @@ def build_teacher(family: str, args: dict | None = None) -> nn.Module:
     except KeyError:
         raise ValueError(f"unknown teacher family {family!r}; known: {', '.join(sorted(FAMILIES))}") from None
     return ctor(**(args or {}))
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def resolve_weights(source: str, bundle_dir: Path | None = None) -> Path:

@@ -1,25 +1,24 @@
-"""Split-model bundles: save, load and verify.
+"""Split-model bundles: the device and server stages, assembled from a verified manifest.
 
 A bundle is a directory ``<name>/<version>/`` holding ``manifest.json`` and the
-files it lists with their sha256: the head (slimmable encoder), the entropy
-tables, the tail (decoder + the teacher's layers after the split) and, when the
-teacher is small, its weights for local-only inference and the raw-feature and
-image baselines. Device and server must hold the same bundle; the sha256 of
-``manifest.json`` names it exactly.
+files it lists with their sha256 (``models.manifest`` reads and verifies them):
+the head (slimmable encoder), the entropy tables, the tail (decoder + the
+teacher's layers after the split) and, when the teacher is small, its weights
+for local-only inference and the raw-feature and image baselines. Device and
+server must hold the same bundle; the sha256 of ``manifest.json`` names it.
 
-Both ends build the network halves from a bundle the same way:
+Both ends build their network halves from a bundle the same way, by the codec's
+payload kind (``codecs.codec_kind``):
 
-    device: image -> preprocess -> device_stage(codec, width) -> codec.encode
-    server: codec.decode -> server_stage(codec, width) -> logits
+    device: image -> preprocess -> device_stage(codec, width) -> encoder_for(codec, width)
+    server: decoder_for(codec, width) -> server_stage(codec, width) -> logits
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,40 +26,29 @@ import numpy as np
 import torch
 from torch import nn
 
-from splitserve.codecs import FEATURE_CODECS, IMAGE_CODECS, Decoder, Encoder, get_decoder, get_encoder
+from splitserve.codecs import Decoder, Encoder, PayloadKind, codec_kind, get_decoder, get_encoder
 from splitserve.codecs.entropic import EntropyTables
-from splitserve.models.backbones import build_teacher, load_state_dict, resolve_weights, sha256_file, split_model
-from splitserve.models.bottleneck import BottleneckDecoder, FixedWidthEncoder, SlimmableEncoder, StudentConfig
+from splitserve.models.backbones import build_teacher, load_state_dict, resolve_weights, split_model
+from splitserve.models.bottleneck import BottleneckDecoder, FixedWidthEncoder, SlimmableEncoder
 from splitserve.models.layers import freeze_gdn
+from splitserve.models.manifest import (
+    DEVICE_FILES,
+    ENTROPY_FILE,
+    FORMAT,
+    HEAD_FILE,
+    MANIFEST,
+    TAIL_FILE,
+    TEACHER_FILE,
+    BundleError,
+    InputSpec,
+    Manifest,
+    file_sha256,
+)
 
-MANIFEST = "manifest.json"
-FORMAT = 1
-HEAD_FILE = "head.pt"
-ENTROPY_FILE = "entropy.npz"
-TAIL_FILE = "tail.pt"
-TEACHER_FILE = "teacher.pt"
-# What a device needs to run every strategy it can choose (GetHead streams these).
-DEVICE_FILES = (MANIFEST, HEAD_FILE, ENTROPY_FILE, TEACHER_FILE)
-_REQUIRED_KEYS = ("format", "name", "version", "input", "labels", "teacher", "student", "widths", "files")
-
-
-class BundleError(ValueError):
-    """A bundle is missing, malformed or tampered with; the message names the file and the fix."""
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What the head eats: (C, H, W) float images normalized with mean / std per channel."""
-
-    shape: tuple[int, int, int]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """The uint8 (H, W, C) camera frame this spec is fed from."""
-        c, h, w = self.shape
-        return (h, w, c)
+__all__ = [
+    "DEVICE_FILES", "ENTROPY_FILE", "FORMAT", "HEAD_FILE", "MANIFEST", "TAIL_FILE", "TEACHER_FILE",
+    "Bundle", "BundleError", "DevicePath", "InputSpec", "Manifest", "Preprocess", "write_bundle",
+]  # fmt: skip
 
 
 class Preprocess(nn.Module):
@@ -100,104 +88,66 @@ class _DecodeTail(nn.Module):
         return self.tail(self.decoder(y_hat, self.width))
 
 
-def _read_manifest(path: Path) -> tuple[dict[str, Any], str]:
-    mf = path / MANIFEST
-    if not mf.is_file():
-        raise BundleError(f"{path}: no {MANIFEST}; a bundle directory is <name>/<version>/ with a manifest")
-    raw = mf.read_bytes()
-    try:
-        manifest = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{mf}: not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict):
-        raise BundleError(f"{mf}: expected a JSON object")
-    missing = [k for k in _REQUIRED_KEYS if k not in manifest]
-    if missing:
-        raise BundleError(f"{mf}: missing keys {missing}")
-    if manifest["format"] != FORMAT:
-        raise BundleError(f"{mf}: bundle format {manifest['format']!r}; this splitserve reads format {FORMAT}")
-    return manifest, hashlib.sha256(raw).hexdigest()
-
-
 class Bundle:
-    """A loaded (and by default verified) split-model bundle. Parts are built lazily and cached."""
+    """A loaded (and by default verified) split-model bundle. Parts are built lazily and cached.
 
-    def __init__(self, path: Path, manifest: dict[str, Any], sha256: str) -> None:
-        self.path = path
+    ``manifest`` says what the bundle is; the bundle builds what runs. The manifest's identity
+    (name, version, widths, ...) is exposed here too because every caller of a bundle needs it.
+    """
+
+    def __init__(self, manifest: Manifest) -> None:
         self.manifest = manifest
-        self.sha256 = sha256
+        self.path = manifest.path
+        self.sha256 = manifest.sha256
+        self.input = manifest.input
+        self.student = manifest.student
+        self.labels = manifest.labels
+        self.teacher_spec = manifest.teacher
+        self.feature_shape = manifest.feature_shape
         self._lock = threading.RLock()
         self._cache: dict[Any, Any] = {}
-        try:
-            inp = manifest["input"]
-            self.input = InputSpec(
-                shape=tuple(int(s) for s in inp["shape"]),  # type: ignore[arg-type]
-                mean=tuple(float(m) for m in inp["mean"]),
-                std=tuple(float(s) for s in inp["std"]),
-            )
-            self.student = StudentConfig.from_dict(manifest["student"])
-            self.labels: list[str] = [str(x) for x in manifest["labels"]]
-            self.teacher_spec: dict[str, Any] = dict(manifest["teacher"])
-            self.feature_shape = tuple(int(s) for s in self.teacher_spec["feature_shape"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BundleError(f"{path / MANIFEST}: malformed ({type(exc).__name__}: {exc})") from None
-        if len(self.input.shape) != 3:
-            raise BundleError(f"{path / MANIFEST}: input shape must be (C, H, W)")
 
-    # -- loading -----------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path, verify: bool | str = True) -> Bundle:
         """``verify``: True checks every file; "device" only what a device holds (see DEVICE_FILES)."""
-        path = Path(path)
-        manifest, sha = _read_manifest(path)
-        bundle = cls(path, manifest, sha)
+        manifest = Manifest.read(path)
         if verify == "device":
-            bundle.verify(bundle.device_files())
+            manifest.verify(manifest.device_files())
         elif verify:
-            bundle.verify()
-        return bundle
+            manifest.verify()
+        return cls(manifest)
 
-    def verify(self, files: Sequence[str] | None = None) -> None:
-        """Check each listed file's sha256 (all of them unless ``files`` narrows it)."""
-        listed = self.manifest["files"]
-        for name in files if files is not None else listed:
-            if name == MANIFEST:
-                continue
-            info = listed.get(name)
-            if info is None:
-                raise BundleError(f"{self.path}: {name} is not listed in the manifest")
-            fp = self.path / name
-            if not fp.is_file():
-                raise BundleError(f"{self.path}: {name} is missing (the bundle is incomplete)")
-            digest = sha256_file(fp)
-            if digest != info["sha256"]:
-                raise BundleError(
-                    f"{fp}: sha256 {digest[:16]}... does not match the manifest's {info['sha256'][:16]}... "
-                    "(the file was modified or corrupted; re-export or re-download the bundle)"
-                )
-
-    # -- identity ----------------------------------------------------------
     @property
     def name(self) -> str:
-        return str(self.manifest["name"])
+        return self.manifest.name
 
     @property
     def version(self) -> str:
-        return str(self.manifest["version"])
+        return self.manifest.version
 
     @property
     def widths(self) -> list[dict[str, Any]]:
-        return list(self.manifest["widths"])
+        return self.manifest.widths
 
     @property
     def codecs(self) -> list[str]:
-        return list(self.manifest.get("codecs", ["entropic"]))
+        return self.manifest.codecs
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.input.image_shape
 
     def has_file(self, name: str) -> bool:
-        return name in self.manifest["files"]
+        return self.manifest.has_file(name)
 
     def device_files(self) -> list[str]:
-        return [f for f in DEVICE_FILES if f == MANIFEST or self.has_file(f)]
+        return self.manifest.device_files()
+
+    def latent_shape(self, width: int) -> tuple[int, int, int]:
+        return self.manifest.latent_shape(width)
+
+    def check_width(self, width: int) -> None:
+        self.manifest.check_width(width)
 
     def __repr__(self) -> str:
         return f"Bundle({self.name}:{self.version} at {self.path})"
@@ -238,21 +188,13 @@ class Bundle:
 
         return self._cached("tables", build)[width]
 
-    def latent_shape(self, width: int) -> tuple[int, int, int]:
-        self.check_width(width)
-        return tuple(int(s) for s in self.widths[width]["latent_shape"])  # type: ignore[return-value]
-
-    def check_width(self, width: int) -> None:
-        if not 0 <= width < self.student.widths:
-            raise ValueError(f"{self.name}: width {width} does not exist (widths 0..{self.student.widths - 1})")
-
     def teacher(self) -> nn.Module:
         def build() -> nn.Module:
             spec = self.teacher_spec
             model = build_teacher(spec["family"], spec.get("args"))
             weights = resolve_weights(spec["weights"], self.path)
             expected = spec.get("weights_sha256")
-            if expected and weights.parent != self.path and sha256_file(weights) != expected:
+            if expected and weights.parent != self.path and file_sha256(weights) != expected:
                 raise BundleError(f"teacher weights {weights} do not match the sha256 the bundle was built with")
             model.load_state_dict(load_state_dict(weights))
             return model.eval()
@@ -282,30 +224,32 @@ class Bundle:
         return self._cached("preprocess", lambda: Preprocess(self.input))
 
     # -- the two halves, per codec and width -------------------------------
+    def _served_kind(self, codec: str) -> PayloadKind:
+        if codec not in self.codecs:
+            raise ValueError(f"{self.name}: codec {codec!r} is not served; codecs: {', '.join(self.codecs)}")
+        return codec_kind(codec)
+
     def payload_shape(self, codec: str, width: int = 0) -> tuple[int, ...]:
         """The shape a frame of this codec (and width) declares."""
-        if codec == "entropic":
-            return self.latent_shape(width)
-        if codec in FEATURE_CODECS:
-            return self.feature_shape
-        if codec in IMAGE_CODECS:
-            return self.input.image_shape
-        raise ValueError(f"{self.name}: codec {codec!r} is not served; codecs: {', '.join(self.codecs)}")
+        return self._served_kind(codec).payload_shape(self, width)
 
     def device_stage(self, codec: str, width: int = 0) -> nn.Module:
         """Device side: preprocessed input (B, C, H, W) -> the tensor the codec encodes.
 
         Image codecs encode the raw frame, so they have no device stage.
         """
-        if codec == "entropic":
+        kind = codec_kind(codec)
+        if kind is PayloadKind.LATENT:
+            self.check_width(width)
             return self._cached(("device", width), lambda: FixedWidthEncoder(self.encoder(), width).eval())
-        if codec in FEATURE_CODECS:
+        if kind is PayloadKind.FEATURES:
             return self.teacher_split()[0]
         raise ValueError(f"{self.name}: codec {codec!r} has no device-side network")
 
     def server_stage(self, codec: str, width: int = 0) -> nn.Module:
         """Server side: a batch of decoded tensors -> logits."""
-        if codec == "entropic":
+        kind = self._served_kind(codec)
+        if kind is PayloadKind.LATENT:
             self.check_width(width)
 
             def build() -> nn.Module:
@@ -313,33 +257,56 @@ class Bundle:
                 return _DecodeTail(decoder, tail, width).eval()
 
             return self._cached(("server", width), build)
-        if codec in FEATURE_CODECS:
+        if kind is PayloadKind.FEATURES:
             return self.teacher_split()[1]
-        if codec in IMAGE_CODECS:
-            return self._cached("server_image", lambda: _Chain(self.preprocess(), self.teacher()).eval())
-        raise ValueError(f"{self.name}: codec {codec!r} is not served; codecs: {', '.join(self.codecs)}")
+        return self.whole_model()
 
-    def local_model(self) -> nn.Module:
-        """Local-only inference on the device: uint8 frames -> logits with the whole teacher."""
-        return self._cached("local", lambda: _Chain(self.preprocess(), self.teacher()).eval())
+    def whole_model(self) -> nn.Module:
+        """The unsplit teacher: uint8 frames -> logits (local-only inference; the image path's tail)."""
+        return self._cached("whole", lambda: _Chain(self.preprocess(), self.teacher()).eval())
 
     def encoder_for(self, codec: str, width: int = 0, **params: Any) -> Encoder:
-        if codec == "entropic":
+        if codec_kind(codec) is PayloadKind.LATENT:
             return self._cached(
                 ("enc", width),
-                lambda: get_encoder("entropic", tables=self.entropy_tables(width), shape=self.latent_shape(width)),
+                lambda: get_encoder(codec, tables=self.entropy_tables(width), shape=self.latent_shape(width)),
             )
         return get_encoder(codec, **params)
 
     def decoder_for(self, codec: str, width: int = 0) -> Decoder:
-        if codec not in self.codecs:
-            raise ValueError(f"{self.name}: codec {codec!r} is not served; codecs: {', '.join(self.codecs)}")
         shape = self.payload_shape(codec, width)
-        if codec == "entropic":
+        if codec_kind(codec) is PayloadKind.LATENT:
             return self._cached(
-                ("dec", width), lambda: get_decoder("entropic", tables=self.entropy_tables(width), shape=shape)
+                ("dec", width), lambda: get_decoder(codec, tables=self.entropy_tables(width), shape=shape)
             )
         return self._cached(("dec", codec), lambda: get_decoder(codec, shape=shape))
+
+
+class DevicePath:
+    """The device half for one codec and width: uint8 frames (B, H, W, C) -> one payload per frame.
+
+    The one frame -> payload path: the device client, the evaluation, the simulator's cost
+    measurements and the tests all encode frames through it, so they send the same bytes.
+    """
+
+    def __init__(self, bundle: Bundle, codec: str, width: int = 0, quality: int | None = None, **params: Any) -> None:
+        kind = codec_kind(codec)
+        if quality is not None and kind.has_quality:
+            params["quality"] = quality
+        self.codec = codec
+        self.width = width if kind.has_widths else 0
+        self.shape = bundle.payload_shape(codec, self.width)
+        self.encoder = bundle.encoder_for(codec, self.width, **params)
+        self._pre = bundle.preprocess()
+        self._stage = bundle.device_stage(codec, self.width) if kind.has_device_stage else None
+
+    @torch.inference_mode()
+    def tensors(self, frames: torch.Tensor) -> torch.Tensor:
+        """What the codec encodes, per frame: the device stage's output, or the frames themselves."""
+        return frames if self._stage is None else self._stage(self._pre(frames))
+
+    def __call__(self, frames: torch.Tensor) -> list[bytes]:
+        return [self.encoder.encode(t) for t in self.tensors(frames)]
 
 
 def write_bundle(
@@ -359,7 +326,7 @@ def write_bundle(
     np.savez_compressed(out_dir / ENTROPY_FILE, **arrays)
     for name in [*states, ENTROPY_FILE]:
         fp = out_dir / name
-        files[name] = {"sha256": sha256_file(fp), "size": fp.stat().st_size}
+        files[name] = {"sha256": file_sha256(fp), "size": fp.stat().st_size}
     manifest = {"format": FORMAT, **manifest, "files": files}
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return Bundle.load(out_dir)

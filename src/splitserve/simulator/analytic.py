@@ -35,6 +35,7 @@ from splitserve.device_client.policy import (
 from splitserve.simulator.costs import StrategyCost
 from splitserve.simulator.link import LinkConfig, LinkEmulator
 from splitserve.simulator.strategies import Strategy
+from splitserve.timing import latency_summary
 
 SEGMENT = 1448  # TCP payload per 1500-byte packet (IP + TCP headers with timestamps: 52 bytes)
 
@@ -139,8 +140,7 @@ def simulate(
         k = i % n_sample
         pending = [(nbytes, sent) for _, sent, nbytes, _ in results if sent <= t]
         decision, estimate = planner.plan(deadline_ms, True, pending)
-        entropic = strategy.codec == "entropic"
-        use = width_costs[decision.width] if (entropic and width_costs is not None) else cost
+        use = width_costs[decision.width] if (strategy.has_widths and width_costs is not None) else cost
         start = max(t, device_free)
         if decision.local:
             ms = local_ms if (strategy.adaptive and local_ms is not None) else cost.device_ms
@@ -150,9 +150,10 @@ def simulate(
             out.append(FrameOutcome(i, t, (start + ms / 1e3 - t) * 1e3, 0, 0, True, estimate.bandwidth_bps,
                                     estimate.sigma, decision.probe))  # fmt: skip
         else:
-            device_free, done, payload = offload(use, decision.width if entropic else strategy.width, k, start)
-            out.append(FrameOutcome(i, t, (done - t) * 1e3, payload, decision.width if entropic else strategy.width,
-                                    False, estimate.bandwidth_bps, estimate.sigma))  # fmt: skip
+            width = decision.width if strategy.has_widths else strategy.width
+            device_free, done, payload = offload(use, width, k, start)
+            out.append(FrameOutcome(i, t, (done - t) * 1e3, payload, width, False, estimate.bandwidth_bps,
+                                    estimate.sigma))  # fmt: skip
         if on_frame is not None:
             on_frame(i)
     return out
@@ -162,6 +163,6 @@ def summarize(outcomes: list[FrameOutcome], deadline_ms: float) -> dict:
     lat = np.array([o.latency_ms for o in outcomes])
     return {
         "bytes_per_frame": float(np.mean([o.bytes for o in outcomes])),
-        "latency_ms": {q: float(np.percentile(lat, v)) for q, v in (("p50", 50), ("p95", 95), ("p99", 99))},
+        "latency_ms": latency_summary(lat),
         "deadline_miss": float(np.mean(lat > deadline_ms)) if deadline_ms else 0.0,
     }

@@ -204,7 +204,7 @@ def analytic_run(bundle, strategies, up, down, frames, fps, deadline, slowdown, 
 def _local():  # type: ignore[no-untyped-def]
     from splitserve.simulator.strategies import Strategy
 
-    return Strategy("local", "local")
+    return Strategy("local", None)
 
 
 def sweep_main(args: argparse.Namespace) -> int:

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from splitserve.codecs import IMAGE_CODECS
-from splitserve.device_client.client import GRPC_FRAMING
-from splitserve.models.bundle import Bundle
+from splitserve.device_client.client import GRPC_FRAMING, frame_overhead
+from splitserve.models.bundle import Bundle, DevicePath
 from splitserve.proto import edge_inference_pb2 as pb
 from splitserve.simulator.strategies import Strategy
 from splitserve.timing import median_ms
@@ -30,14 +29,6 @@ class StrategyCost:
     server_ms: float
     predictions: np.ndarray  # top-1 of each sample frame
     response_bytes: int = 200
-
-
-def _overhead(bundle: Bundle, codec: str, width: int, shape) -> int:  # type: ignore[no-untyped-def]
-    frame = pb.Frame(
-        frame_id=1 << 20, model=bundle.name, version=bundle.version, bundle_sha256=bundle.sha256, codec=codec,
-        width=width, payload=b"", shape=list(shape), capture_time_us=time.time_ns() // 1000, deadline_ms=150, top_k=5,
-    )  # fmt: skip
-    return frame.ByteSize() + 3 + GRPC_FRAMING  # +3: the payload field's tag and length
 
 
 def _response_bytes(bundle: Bundle) -> int:
@@ -66,11 +57,10 @@ def least_ms(fn: Callable[[], object], repeat: int = 30) -> float:
 @torch.inference_mode()
 def measure(bundle: Bundle, strategy: Strategy, images: np.ndarray, slowdown: float = 1.0,
             timing: Callable[[Callable[[], object]], float] = median_ms) -> StrategyCost:  # fmt: skip
-    pre = bundle.preprocess()
     one = torch.from_numpy(images[0])
     response = _response_bytes(bundle)
     if strategy.local:
-        model = bundle.local_model()
+        model = bundle.whole_model()
         preds = np.concatenate(
             [model(torch.from_numpy(images[s : s + 64])).argmax(1).numpy() for s in range(0, len(images), 64)]
         )
@@ -78,15 +68,13 @@ def measure(bundle: Bundle, strategy: Strategy, images: np.ndarray, slowdown: fl
         return StrategyCost(np.zeros(len(images), dtype=np.int64), 0, ms, 0.0, preds, 0)
     codec = strategy.codec
     width = bundle.student.widths - 1 if strategy.adaptive else max(strategy.width, 0)
-    shape = bundle.payload_shape(codec, width)
-    encoder = bundle.encoder_for(codec, width, **({"quality": strategy.quality} if codec in IMAGE_CODECS else {}))
+    device = DevicePath(bundle, codec, width, **strategy.encoder_params())
+    width, shape = device.width, device.shape
     decoder = bundle.decoder_for(codec, width)
     server = bundle.server_stage(codec, width)
 
     def head(frame: torch.Tensor) -> bytes:
-        if codec in IMAGE_CODECS:
-            return encoder.encode(frame)
-        return encoder.encode(bundle.device_stage(codec, width)(pre(frame[None]))[0])
+        return device(frame[None])[0]
 
     payloads = [head(torch.from_numpy(img)) for img in images]
     decoded = [decoder.decode(p, shape) for p in payloads]
@@ -96,7 +84,7 @@ def measure(bundle: Bundle, strategy: Strategy, images: np.ndarray, slowdown: fl
     device_ms = timing(lambda: head(one)) * slowdown
     server_ms = timing(lambda: server(decoder.decode(payloads[0], shape)[None]))
     return StrategyCost(
-        np.array([len(p) for p in payloads]), _overhead(bundle, codec, width, shape), device_ms, server_ms, preds,
+        np.array([len(p) for p in payloads]), frame_overhead(bundle, codec, width), device_ms, server_ms, preds,
         response,
     )  # fmt: skip
 

@@ -35,6 +35,7 @@ from splitserve.simulator.link import LinkConfig
 from splitserve.simulator.proxy import LinkProxy
 from splitserve.simulator.strategies import Strategy
 from splitserve.simulator.traces import link_rate_bps
+from splitserve.timing import latency_summary
 
 log = logging.getLogger("splitserve.simulator")
 BIN = Path(sys.executable).parent
@@ -64,7 +65,8 @@ class StrategyRun:
     log: str = ""
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now (for servers and proxies started here)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -99,7 +101,7 @@ class _ProxyThread:
 
 @contextlib.contextmanager
 def _server(cfg: ExperimentConfig, workdir: Path, netns=None) -> Iterator[tuple[str, int]]:  # type: ignore[no-untyped-def]
-    port = _free_port()
+    port = free_port()
     host = netns.server.address if netns is not None else "127.0.0.1"
     log_path = workdir / "edge-server.log"
     cmd = [str(BIN / "edge-server"), "--host", host, "--port", str(port), *cfg.server_args]
@@ -177,14 +179,11 @@ def score(run: StrategyRun, labels: np.ndarray, teacher: np.ndarray, deadline_ms
     return {
         "name": run.strategy.name,
         "bytes_per_frame": float(np.mean([r["bytes"] for r in recs])),
-        "latency_ms": {
-            q: (float(np.percentile(ok_lat, v)) if len(ok_lat) else None)
-            for q, v in (("p50", 50), ("p95", 95), ("p99", 99))
-        },  # fmt: skip
+        "latency_ms": latency_summary(ok_lat),
         "deadline_miss": float(np.mean(missed)),
         "accuracy": float(np.mean((preds == truth)[ok])) if ok.any() else None,
         "accuracy_kind": "labels" if has_labels else "teacher agreement",
-        "device_ms": float(np.mean([r["head_ms"] for r in recs])),
+        "device_ms": float(np.mean([r["device_ms"] for r in recs])),
         "frames": n,
         "ok": int(ok.sum()),
         "local_frames": int(sum(1 for r in recs if r["local"])),

@@ -11,40 +11,49 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from splitserve.codecs import IMAGE_CODECS
+from splitserve.codecs import CODEC_IDS, PayloadKind, codec_kind
 
 
 @dataclass(frozen=True)
 class Strategy:
     name: str
-    codec: str  # "entropic", an image codec, a feature codec, or "local"
+    codec: str | None  # the payload codec; None for local-only inference, which sends nothing
     width: int = -1
     quality: int = 75
     adaptive: bool = False
 
     @property
     def local(self) -> bool:
-        return self.codec == "local"
+        return self.codec is None
+
+    @property
+    def has_widths(self) -> bool:
+        """Whether its frames come at a width of the slimmable head (fixed or chosen per frame)."""
+        return self.codec is not None and codec_kind(self.codec).has_widths
+
+    def encoder_params(self) -> dict[str, int]:
+        return {"quality": self.quality} if self.codec is not None and codec_kind(self.codec).has_quality else {}
 
     def client_args(self) -> list[str]:
         """device-client flags that run this strategy."""
-        if self.local:
+        if self.codec is None:
             return ["--policy", "local"]
         if self.adaptive:
             return ["--policy", "adaptive"]
-        if self.codec == "entropic":
+        if self.has_widths:
             return ["--policy", f"fixed:{self.width}"]
         args = ["--codec", self.codec]
-        if self.codec in IMAGE_CODECS:
-            args += ["--quality", str(self.quality)]
+        for flag, value in self.encoder_params().items():
+            args += [f"--{flag}", str(value)]
         return args
 
 
 def parse_strategy(spec: str, widths: int) -> Strategy:
     spec = spec.strip()
     name, _, arg = spec.partition(":")
+    kind = codec_kind(name) if name in CODEC_IDS else None
     if name == "local":
-        return Strategy(spec, "local")
+        return Strategy(spec, None)
     if name == "adaptive":
         return Strategy(spec, "entropic", adaptive=True)
     if name == "split":
@@ -55,7 +64,7 @@ def parse_strategy(spec: str, widths: int) -> Strategy:
         if not 0 <= width < widths:
             raise ValueError(f"strategy {spec!r}: this model's widths are 0..{widths - 1}")
         return Strategy(spec, "entropic", width=width)
-    if name in IMAGE_CODECS:
+    if kind is not None and kind.has_quality:
         quality = 75
         if arg:
             try:
@@ -63,7 +72,7 @@ def parse_strategy(spec: str, widths: int) -> Strategy:
             except ValueError:
                 raise ValueError(f"strategy {spec!r}: quality must be an integer") from None
         return Strategy(spec, name, quality=quality)
-    if name in ("fp16", "int8") and not arg:
+    if kind is PayloadKind.FEATURES and not arg:
         return Strategy(spec, name)
     raise ValueError(f"unknown strategy {spec!r}; use local, jpeg[:Q], webp[:Q], png, fp16, int8, split:W, adaptive")
 

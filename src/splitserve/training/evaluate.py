@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from splitserve.codecs import IMAGE_CODECS, Decoder, Encoder
-from splitserve.models.bundle import Bundle
+from splitserve.codecs import Decoder, Encoder, codec_kind
+from splitserve.models.bundle import Bundle, DevicePath
 from splitserve.timing import median_ms
 
 
@@ -40,7 +40,7 @@ def _batches(n: int, size: int):
 @torch.inference_mode()
 def predict_local(bundle: Bundle, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Top-1 of the whole, unsplit teacher (local-only inference)."""
-    model = bundle.local_model()
+    model = bundle.whole_model()
     out = [model(torch.from_numpy(images[s])).argmax(1) for s in _batches(len(images), batch_size)]
     return torch.cat(out).numpy()
 
@@ -98,18 +98,17 @@ def evaluate_width(
     prefixed: np.ndarray | None = None,
 ) -> WidthResult:
     """``prefixed``: the frames already through the encoder's prefix (see ``_prefixed``)."""
-    pre = bundle.preprocess()
-    head = bundle.device_stage("entropic", width)
+    device = DevicePath(bundle, "entropic", width)
     encoder = bundle.encoder()
     bar = tqdm(total=len(images), desc=f"width {width}", unit="frame", disable=not progress, leave=False)
     top1, sizes = through_codec(
         images if prefixed is None else prefixed,
-        (lambda frames: head(pre(frames))) if prefixed is None else (lambda xp: encoder(xp, width, prefixed=True)),
-        bundle.encoder_for("entropic", width), bundle.decoder_for("entropic", width), bundle.latent_shape(width),
+        device.tensors if prefixed is None else (lambda xp: encoder(xp, width, prefixed=True)),
+        device.encoder, bundle.decoder_for("entropic", width), device.shape,
         bundle.server_stage("entropic", width), batch_size, bar,
     )  # fmt: skip
     bar.close()
-    one = pre(torch.from_numpy(images[:1]))
+    one = torch.from_numpy(images[:1])
     info = bundle.widths[width]
     return WidthResult(
         width=width,
@@ -119,7 +118,7 @@ def evaluate_width(
         agreement=float((top1 == teacher_top1).mean()),
         bytes_mean=float(np.mean(sizes)),
         bytes_p95=float(np.percentile(sizes, 95)),
-        head_ms=median_ms(lambda: head(one), repeat=10, warmup=2),
+        head_ms=median_ms(lambda: device.tensors(one), repeat=10, warmup=2),
         predictions=top1,
     )
 
@@ -137,7 +136,7 @@ def evaluate_bundle(
     if teacher_top1 is None:
         teacher_top1 = predict_local(bundle, images, batch_size)
     one = torch.from_numpy(images[:1])
-    local = bundle.local_model()
+    local = bundle.whole_model()
     teacher = {
         "accuracy": float((teacher_top1 == labels).mean()) if labels is not None else None,
         "device_ms": median_ms(lambda: local(one), repeat=10, warmup=2),
@@ -199,15 +198,15 @@ def evaluate_baseline(
 
     ``features``: ``split_features`` of the frames, computed once for every feature codec.
     """
-    pre = bundle.preprocess()
     bar = tqdm(total=len(images), desc=name, unit="frame", disable=not progress, leave=False)
-    image_codec = codec in IMAGE_CODECS
-    device = None if image_codec or features is not None else bundle.device_stage(codec)
+    device = DevicePath(bundle, codec, **params)
+    precomputed = features is not None and codec_kind(codec).has_device_stage
+    lossless_input = not codec_kind(codec).has_device_stage  # the server sees the frames themselves
     top1, sizes = through_codec(
-        features if features is not None and not image_codec else images,
-        (lambda frames: frames) if device is None else (lambda frames: device(pre(frames))),
-        bundle.encoder_for(codec, **params), bundle.decoder_for(codec), bundle.payload_shape(codec),
-        bundle.server_stage(codec), batch_size, bar, teacher_top1 if image_codec else None,
+        features if precomputed else images,
+        (lambda xs: xs) if precomputed else device.tensors,
+        device.encoder, bundle.decoder_for(codec), device.shape,
+        bundle.server_stage(codec), batch_size, bar, teacher_top1 if lossless_input else None,
     )  # fmt: skip
     bar.close()
     return BaselineResult(

@@ -19,17 +19,18 @@ import torch
 from torch import nn
 
 from splitserve import __version__
+from splitserve.codecs import CODEC_IDS
 from splitserve.models.backbones import (
     build_teacher,
     feature_shape,
     load_state_dict,
     resolve_weights,
-    sha256_file,
     split_model,
     tap_outputs,
 )
 from splitserve.models.bottleneck import EntropicStudent, StudentConfig
 from splitserve.models.bundle import TAIL_FILE, TEACHER_FILE, Bundle, InputSpec, Preprocess, write_bundle
+from splitserve.models.manifest import file_sha256
 from splitserve.training import distill
 from splitserve.training import teacher as teacher_training
 from splitserve.training.config import ConfigError, TrainConfig
@@ -324,7 +325,7 @@ def _train(cfg: TrainConfig, out_root: Path, work: Path, resume: bool, progress:
     teacher_weights = cfg.teacher.weights
     weights_sha = None
     if teacher_weights.startswith("package:"):
-        weights_sha = sha256_file(resolve_weights(teacher_weights))
+        weights_sha = file_sha256(resolve_weights(teacher_weights))
     else:
         states[TEACHER_FILE] = teacher_model.state_dict()
         teacher_weights = TEACHER_FILE
@@ -354,7 +355,7 @@ def _train(cfg: TrainConfig, out_root: Path, work: Path, resume: bool, progress:
             {"index": w, "fraction": f, "channels": shapes[w][0], "latent_shape": shapes[w]}
             for w, f in enumerate(student.cfg.fractions)
         ],
-        "codecs": ["entropic", "fp16", "int8", "jpeg", "webp", "png"],
+        "codecs": list(CODEC_IDS),
         "training": {"config": cfg.to_dict(), "history": run.state["history"], "images": data.train_files},
     }
     bundle = write_bundle(dest, manifest, states, tables)

@@ -1,0 +1,162 @@
+"""A bundle's manifest: what the bundle is, and proof that its files are the ones it names.
+
+``manifest.json`` lists the model's identity (name, version), its input spec,
+labels, teacher and student configuration, widths and codecs, and the sha256 of
+every file of the bundle. Reading and verifying it needs no network code and no
+torch model: ``models.bundle`` assembles the device and server stages from a
+verified manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from splitserve.models.bottleneck import StudentConfig
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+HEAD_FILE = "head.pt"
+ENTROPY_FILE = "entropy.npz"
+TAIL_FILE = "tail.pt"
+TEACHER_FILE = "teacher.pt"
+# What a device needs to run every strategy it can choose (GetHead streams these).
+DEVICE_FILES = (MANIFEST, HEAD_FILE, ENTROPY_FILE, TEACHER_FILE)
+_REQUIRED_KEYS = ("format", "name", "version", "input", "labels", "teacher", "student", "widths", "files")
+
+
+class BundleError(ValueError):
+    """A bundle is missing, malformed or tampered with; the message names the file and the fix."""
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the head eats: (C, H, W) float images normalized with mean / std per channel."""
+
+    shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """The uint8 (H, W, C) camera frame this spec is fed from."""
+        c, h, w = self.shape
+        return (h, w, c)
+
+
+class Manifest(Mapping[str, Any]):
+    """A parsed ``manifest.json`` (read-only, as a mapping of its JSON keys) and its bundle directory.
+
+    Parsing checks the keys and types every reader relies on, so a malformed manifest fails here,
+    with the file's name, and not later inside a network constructor.
+    """
+
+    def __init__(self, path: Path, data: dict[str, Any], sha256: str) -> None:
+        self.path = path
+        self.sha256 = sha256  # of manifest.json's bytes: names the bundle exactly
+        self._data = data
+        try:
+            inp = data["input"]
+            self.input = InputSpec(
+                shape=tuple(int(s) for s in inp["shape"]),  # type: ignore[arg-type]
+                mean=tuple(float(m) for m in inp["mean"]),
+                std=tuple(float(s) for s in inp["std"]),
+            )
+            self.student = StudentConfig.from_dict(data["student"])
+            self.labels: list[str] = [str(x) for x in data["labels"]]
+            self.teacher: dict[str, Any] = dict(data["teacher"])
+            self.feature_shape = tuple(int(s) for s in self.teacher["feature_shape"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"{path / MANIFEST}: malformed ({type(exc).__name__}: {exc})") from None
+        if len(self.input.shape) != 3:
+            raise BundleError(f"{path / MANIFEST}: input shape must be (C, H, W)")
+
+    @classmethod
+    def read(cls, path: str | Path) -> Manifest:
+        path = Path(path)
+        mf = path / MANIFEST
+        if not mf.is_file():
+            raise BundleError(f"{path}: no {MANIFEST}; a bundle directory is <name>/<version>/ with a manifest")
+        raw = mf.read_bytes()
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BundleError(f"{mf}: not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise BundleError(f"{mf}: expected a JSON object")
+        missing = [k for k in _REQUIRED_KEYS if k not in data]
+        if missing:
+            raise BundleError(f"{mf}: missing keys {missing}")
+        if data["format"] != FORMAT:
+            raise BundleError(f"{mf}: bundle format {data['format']!r}; this splitserve reads format {FORMAT}")
+        return cls(path, data, hashlib.sha256(raw).hexdigest())
+
+    # -- the mapping: the manifest's JSON, read-only ------------------------
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    # -- identity ----------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return str(self._data["name"])
+
+    @property
+    def version(self) -> str:
+        return str(self._data["version"])
+
+    @property
+    def widths(self) -> list[dict[str, Any]]:
+        return list(self._data["widths"])
+
+    @property
+    def codecs(self) -> list[str]:
+        return list(self._data.get("codecs", ["entropic"]))
+
+    def latent_shape(self, width: int) -> tuple[int, int, int]:
+        self.check_width(width)
+        return tuple(int(s) for s in self.widths[width]["latent_shape"])  # type: ignore[return-value]
+
+    def check_width(self, width: int) -> None:
+        if not 0 <= width < self.student.widths:
+            raise ValueError(f"{self.name}: width {width} does not exist (widths 0..{self.student.widths - 1})")
+
+    # -- files -------------------------------------------------------------
+    def has_file(self, name: str) -> bool:
+        return name in self._data["files"]
+
+    def device_files(self) -> list[str]:
+        return [f for f in DEVICE_FILES if f == MANIFEST or self.has_file(f)]
+
+    def verify(self, files: Sequence[str] | None = None) -> None:
+        """Check each listed file's sha256 (all of them unless ``files`` narrows it)."""
+        listed = self._data["files"]
+        for name in files if files is not None else listed:
+            if name == MANIFEST:
+                continue
+            info = listed.get(name)
+            if info is None:
+                raise BundleError(f"{self.path}: {name} is not listed in the manifest")
+            fp = self.path / name
+            if not fp.is_file():
+                raise BundleError(f"{self.path}: {name} is missing (the bundle is incomplete)")
+            digest = file_sha256(fp)
+            if digest != info["sha256"]:
+                raise BundleError(
+                    f"{fp}: sha256 {digest[:16]}... does not match the manifest's {info['sha256'][:16]}... "
+                    "(the file was modified or corrupted; re-export or re-download the bundle)"
+                )
