@@ -93,7 +93,7 @@ def _eval_data(bundle, source: str, limit: int):  # type: ignore[no-untyped-def]
         try:
             all_photos = photos.load_photos()
             holdout = list(data_cfg.get("holdout") or photos.DEFAULT_HOLDOUT)
-            seed = bundle.manifest["training"]["config"].get("seed", 0) + 1000
+            seed = bundle.manifest["training"]["config"].get("seed", 0) + photos.HOLDOUT_SEED_OFFSET
             images = photos.holdout_crops(all_photos, holdout, data_cfg.get("test_limit") or 1000,
                                           bundle.input.shape[1], seed)  # fmt: skip
             what = f"crops of held-out photos ({', '.join(holdout)})"

@@ -17,6 +17,7 @@ A few photos are held out entirely: fidelity is measured on crops of them.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+log = logging.getLogger("splitserve.data")
 
 SKIMAGE_PHOTOS = (
     "astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
@@ -65,33 +68,44 @@ def _shrink(img: Image.Image) -> np.ndarray:
 
 
 def _installed_sources() -> Iterator[tuple[str, np.ndarray]]:
+    """Every listed photo that is installed. A missing package or photo is logged, so a training set
+    that came out smaller than expected says why."""
     try:
         import skimage.data as skd
-
+    except ImportError as exc:
+        log.warning("photos: skipping scikit-image's %d photos (%s); pip install scikit-image",
+                    len(SKIMAGE_PHOTOS), exc)  # fmt: skip
+    else:
         for name in SKIMAGE_PHOTOS:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 try:
                     yield name, _shrink(Image.fromarray(_rgb(getattr(skd, name)())))
-                except (ModuleNotFoundError, OSError, ValueError):
-                    continue
-    except ImportError:
-        pass
+                except (ModuleNotFoundError, OSError, ValueError) as exc:
+                    log.warning("photos: skipping skimage.data.%s (%s: %s)", name, type(exc).__name__, exc)
     try:
         from sklearn.datasets import load_sample_image
-
+    except ImportError as exc:
+        log.warning("photos: skipping scikit-learn's %d photos (%s); pip install scikit-learn",
+                    len(SKLEARN_PHOTOS), exc)  # fmt: skip
+    else:
         for name in SKLEARN_PHOTOS:
             yield name.split(".")[0], _shrink(Image.fromarray(load_sample_image(name)))
-    except ImportError:
-        pass
+    missing = [name for name in WALLPAPER_PHOTOS if not (WALLPAPER_DIR / name).is_file()]
     for name in WALLPAPER_PHOTOS:
-        path = WALLPAPER_DIR / name
-        if path.is_file():
-            yield path.stem, _shrink(Image.open(path))
+        if name not in missing:
+            yield (WALLPAPER_DIR / name).stem, _shrink(Image.open(WALLPAPER_DIR / name))
     for name in PLASMA_PHOTOS:
         images = sorted((PLASMA_DIR / name / "contents" / "images").glob("*.jpg"))
         if images:
             yield name, _shrink(Image.open(max(images, key=lambda p: p.stat().st_size)))
+        else:
+            missing.append(name)
+    if missing:
+        log.warning(
+            "photos: %d wallpaper photos are not installed (%s); apt-get install ukui-wallpapers "
+            "plasma-workspace-wallpapers to train on them", len(missing), ", ".join(missing),
+        )  # fmt: skip
 
 
 def load_photos(root: str | Path | None = None) -> dict[str, np.ndarray]:
@@ -140,6 +154,11 @@ def random_crop(photo: np.ndarray, size: int, rng: np.random.Generator, scale=(0
     crop = Image.fromarray(photo[y : y + ch, x : x + cw]).resize((size, size), Image.Resampling.BILINEAR)
     out = np.asarray(crop)
     return out[:, ::-1].copy() if rng.random() < 0.5 else out
+
+
+# Held-out crops are drawn with the training seed plus this offset: training and ``splitserve eval``
+# draw the same crops, from a stream apart from the training's own.
+HOLDOUT_SEED_OFFSET = 1000
 
 
 def holdout_crops(photos: dict[str, np.ndarray], names: list[str], n: int, size: int, seed: int) -> np.ndarray:
@@ -211,16 +230,3 @@ def imagenet_labels() -> list[str]:
     from torchvision.models import MobileNet_V3_Small_Weights
 
     return list(MobileNet_V3_Small_Weights.IMAGENET1K_V1.meta["categories"])
-
-
-def build_train_data(cfg, seed: int, device: str = "cpu"):  # type: ignore[no-untyped-def]
-    """TrainData for ``[data] dataset = "photos"``: labels are unknown (-1); fidelity is teacher agreement."""
-    from splitserve.training.data import TrainData
-
-    photos = load_photos(cfg.root or None)
-    holdout = list(cfg.holdout) or list(DEFAULT_HOLDOUT)
-    train = {k: v for k, v in photos.items() if k not in holdout}
-    size = cfg.input_shape[1]
-    test = holdout_crops(photos, holdout, cfg.test_limit or 1000, size, seed + 1000)
-    crops = PhotoCrops(train, size, cfg.crops_per_epoch, device)
-    return TrainData(crops, test, np.full(len(test), -1), cfg.labels or imagenet_labels())

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from splitserve.training.data import FrameSource
+from splitserve.training.frames import FrameSource
 
 
 @dataclass(frozen=True)

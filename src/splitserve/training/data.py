@@ -6,7 +6,6 @@ exactly the frames a device would send.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,19 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from splitserve.data import fashion_mnist, labelled, photos
+from splitserve.data.samples import load_sample
+from splitserve.training.augment import Augmentation, AugmentedImages
 from splitserve.training.config import ConfigError, DataSection
-
-
-class FrameSource(ABC):
-    """An epoch of (frames uint8 (B, H, W, C), labels int64 (B,)) batches; labels -1 when unknown."""
-
-    @abstractmethod
-    def __len__(self) -> int:
-        """Frames per epoch."""
-
-    @abstractmethod
-    def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """One epoch of shuffled, augmented batches."""
+from splitserve.training.frames import FrameSource
 
 
 class TensorFrames(FrameSource):
@@ -121,8 +112,6 @@ def _load_folder_eval(root: Path, size: tuple[int, int], limit: int) -> tuple[np
 
 def build_data(cfg: DataSection, seed: int, device: str = "cpu") -> TrainData:
     if cfg.dataset == "fashion-mnist":
-        from splitserve.data import fashion_mnist
-
         x, y = _limit(*fashion_mnist.load("train", cfg.root or None), cfg.train_limit)
         tx, ty = _limit(*fashion_mnist.load("test", cfg.root or None), cfg.test_limit)
         return TrainData(TensorFrames(x, y), tx, ty, cfg.labels or list(fashion_mnist.LABELS))
@@ -136,8 +125,6 @@ def build_data(cfg: DataSection, seed: int, device: str = "cpu") -> TrainData:
         tx, ty, classes = _load_folder_eval(eval_dir, size, cfg.test_limit)
         return TrainData(ImageFolderFrames(train_dir, size, cfg.workers), tx, ty, cfg.labels or classes)
     if cfg.dataset == "sample":
-        from splitserve.data.samples import load_sample
-
         images, labels = load_sample(cfg.root)
         n_test = cfg.test_limit or max(1, len(images) // 5)
         x, y = _limit(images[n_test:], labels[n_test:], cfg.train_limit)
@@ -146,9 +133,7 @@ def build_data(cfg: DataSection, seed: int, device: str = "cpu") -> TrainData:
     if cfg.dataset == "labelled":
         return _labelled(cfg)
     if cfg.dataset == "photos":
-        from splitserve.data import photos
-
-        return photos.build_train_data(cfg, seed, device)
+        return _photos(cfg, seed, device)
     raise ConfigError(
         f"[data] unknown dataset {cfg.dataset!r}; use fashion-mnist, imagefolder, labelled, photos or sample"
     )
@@ -156,10 +141,6 @@ def build_data(cfg: DataSection, seed: int, device: str = "cpu") -> TrainData:
 
 def _labelled(cfg: DataSection) -> TrainData:
     """A folder with a labels.tsv: the held-out classes are the test set, the rest trains by function matching."""
-    from splitserve.data import labelled
-    from splitserve.data.photos import imagenet_labels
-    from splitserve.training.augment import Augmentation, AugmentedImages
-
     if not cfg.root:
         raise ConfigError('[data] dataset = "labelled" needs root = "<folder with labels.tsv>"')
     try:
@@ -174,7 +155,18 @@ def _labelled(cfg: DataSection) -> TrainData:
     aug = Augmentation(size=size, scale=(cfg.crop_scale_min, 1.0), jitter=cfg.jitter, mixup=cfg.mixup)
     source = AugmentedImages(labelled.load_images(cfg.root, train_rows, cfg.short_side), cfg.crops_per_epoch, aug)
     tx, ty = labelled.eval_frames(cfg.root, test_rows, size)
-    return TrainData(source, tx, ty, cfg.labels or imagenet_labels(), [r.file for r in train_rows])
+    return TrainData(source, tx, ty, cfg.labels or photos.imagenet_labels(), [r.file for r in train_rows])
+
+
+def _photos(cfg: DataSection, seed: int, device: str) -> TrainData:
+    """``[data] dataset = "photos"``: labels are unknown (-1); fidelity is teacher agreement."""
+    all_photos = photos.load_photos(cfg.root or None)
+    holdout = list(cfg.holdout) or list(photos.DEFAULT_HOLDOUT)
+    train = {k: v for k, v in all_photos.items() if k not in holdout}
+    size = cfg.input_shape[1]
+    test = photos.holdout_crops(all_photos, holdout, cfg.test_limit or 1000, size, seed + photos.HOLDOUT_SEED_OFFSET)
+    crops = photos.PhotoCrops(train, size, cfg.crops_per_epoch, device)
+    return TrainData(crops, test, np.full(len(test), -1), cfg.labels or photos.imagenet_labels())
 
 
 def _limit_rows(rows: list, n: int) -> list:
