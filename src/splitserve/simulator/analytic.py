@@ -33,7 +33,7 @@ from splitserve.device_client.policy import (
     WidthCost,
 )
 from splitserve.simulator.costs import StrategyCost
-from splitserve.simulator.link import LinkConfig, LinkEmulator
+from splitserve.simulator.link import LinkConfig, LinkEmulator, link_pair
 from splitserve.simulator.strategies import Strategy
 from splitserve.timing import latency_summary
 
@@ -108,8 +108,7 @@ def simulate(
     on_frame: Callable[[int], None] | None = None,
 ) -> list[FrameOutcome]:
     """Every frame of one strategy; ``accuracies`` (per width, from the manifest) guide the adaptive policy."""
-    up = LinkEmulator(uplink, seed, start=0.0)
-    down = LinkEmulator(downlink, seed + 7, start=0.0)
+    up, down = link_pair(uplink, downlink, seed, start=0.0)
     clock = _VirtualClock()
     planner = make_planner(strategy, width_costs, clock, local_ms, accuracies)
     n_sample = len(cost.bytes)

@@ -171,3 +171,15 @@ class LinkEmulator:
         self._last_delivery = delivery
         self.stats.delivered_bytes += size
         return delivery
+
+
+# The downlink draws from seed + this, the uplink from seed itself: the two directions are
+# independent, and the analytic model and the emulated runs (proxy, netns) draw the same numbers.
+DOWNLINK_SEED_OFFSET = 7
+
+
+def link_pair(
+    uplink: LinkConfig, downlink: LinkConfig, seed: int, start: float
+) -> tuple[LinkEmulator, LinkEmulator]:
+    """(uplink, downlink) emulators of one link, their clocks starting at ``start``."""
+    return LinkEmulator(uplink, seed, start=start), LinkEmulator(downlink, seed + DOWNLINK_SEED_OFFSET, start=start)

@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from splitserve.simulator.link import LinkConfig, LinkEmulator
+from splitserve.simulator.link import LinkConfig, link_pair
 
 log = logging.getLogger("splitserve.simulator")
 _TUNSETIFF = 0x400454CA
@@ -75,8 +75,7 @@ class NetnsLink:
         self.server = Endpoint(f"sssrv{tag}", f"10.{octet}.0.2")
         self._tuns = (f"sstd{tag}", f"ssts{tag}")
         now = time.monotonic()
-        self.up = LinkEmulator(uplink, seed, start=now)
-        self.down = LinkEmulator(downlink, seed + 7, start=now)
+        self.up, self.down = link_pair(uplink, downlink, seed, start=now)
         self._fds: tuple[int, int] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from splitserve.simulator.link import LinkConfig, LinkEmulator
+from splitserve.simulator.link import LinkConfig, LinkEmulator, link_pair
 
 log = logging.getLogger("splitserve.simulator")
 _READ = 64 * 1024
@@ -42,8 +42,7 @@ class LinkProxy:
         self.listen = (listen_host, listen_port)
         now = time.monotonic() if start is None else start
         # One emulator per direction, shared by every connection: they share the link.
-        self.up = LinkEmulator(uplink, seed, start=now)
-        self.down = LinkEmulator(downlink, seed + 7, start=now)
+        self.up, self.down = link_pair(uplink, downlink, seed, start=now)
         self.stats = ProxyStats()
         self._server: asyncio.base_events.Server | None = None
         self._tasks: set[asyncio.Task] = set()
