@@ -1,13 +1,15 @@
 """The head download (GetHead) against a hostile server: nothing it names may leave the cache."""
 
 import asyncio
+import shutil
 
 import grpc
 import pytest
 
-from splitserve.device_client.bundles import cache_path, check_name
+from splitserve.device_client.bundles import cache_path, check_name, local_bundle
 from splitserve.device_client.client import AsyncSplitClient, ClientError
 from splitserve.edge_server.service import manifest_message
+from splitserve.models import zoo
 from splitserve.models.bundle import BundleError
 from splitserve.proto import edge_inference_pb2 as pb
 from splitserve.proto import edge_inference_pb2_grpc as pb_grpc
@@ -118,3 +120,15 @@ def test_a_symlink_out_of_the_cache_is_refused(tmp_path, monkeypatch):
     with pytest.raises(BundleError, match="outside the model cache"):
         cache_path("fmnist-split", "1")
     assert cache_path("fmnist-split2", "1.0").parent.name == "fmnist-split2"
+
+
+def test_a_tampered_bundled_model_is_reported_as_tampered_not_missing(tmp_path, monkeypatch, fmnist):
+    """local_bundle used to answer None ("not here") for a bundled model failing verification."""
+    copy = tmp_path / fmnist.name / fmnist.version
+    shutil.copytree(fmnist.path, copy)
+    monkeypatch.setattr(zoo, "BUNDLED", tmp_path)  # the "installed" models are this copy
+    assert local_bundle(fmnist.name).sha256 == fmnist.sha256
+    (copy / "head.pt").write_bytes(b"not the weights the manifest promised")
+    with pytest.raises(BundleError, match=r"head\.pt: sha256 .* does not match"):
+        local_bundle(fmnist.name)
+    assert local_bundle("no-such-model") is None

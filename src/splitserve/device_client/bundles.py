@@ -51,8 +51,11 @@ def cache_path(name: str, version: str) -> Path:
     return dest
 
 
-async def fetch_head(stub: pb_grpc.EdgeInferenceStub, name: str, version: str = "", metadata=()) -> Bundle:
-    """Download a model's device files with GetHead (skipped when the cache already holds them).
+async def fetch_device_files(
+    stub: pb_grpc.EdgeInferenceStub, name: str, version: str = "", metadata=()
+) -> Bundle:
+    """Download a model's device files (head, entropy tables and, when shipped, the teacher for local
+    inference) with GetHead; skipped when the cache already holds them.
 
     The server's answer is checked before it touches the disk: the model it names must be the one
     asked for, and its name and version must be plain names, so every path stays inside the cache.
@@ -69,8 +72,9 @@ async def fetch_head(stub: pb_grpc.EdgeInferenceStub, name: str, version: str = 
             cached = Bundle.load(dest, verify="device")
             if cached.sha256 == manifest.bundle_sha256:
                 return cached
-        except BundleError:
-            pass
+            log.info("cached %s:%s differs from the server's bundle; downloading it again", name, manifest.version)
+        except BundleError as exc:
+            log.warning("cached %s is unusable (%s); downloading it again", dest, exc)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=dest.parent))
     try:
@@ -105,9 +109,11 @@ def local_bundle(model: str, version: str = "") -> Bundle | None:
     if (p / MANIFEST).is_file():
         return Bundle.load(p)
     try:
-        return Bundle.load(find_bundle(model, version or None))
+        bundled = find_bundle(model, version or None)
     except BundleError:
-        pass
+        bundled = None  # not a bundled model: look in the cache
+    if bundled is not None:
+        return Bundle.load(bundled)  # a bundled model that fails verification says so; it is not "not found"
     if version and SAFE_NAME.fullmatch(model) and SAFE_NAME.fullmatch(version):
         cached = cache_path(model, version)
         if (cached / MANIFEST).is_file():

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import grpc
 
-# Mobile links drop idle NAT mappings within minutes and roam between networks:
-# ping often enough to keep the stream's mapping alive and to notice a dead link.
-KEEPALIVE_OPTIONS = [
+# Every channel's gRPC options. Keepalive: mobile links drop idle NAT mappings within minutes and
+# roam between networks, so ping often enough to keep the stream's mapping alive and to notice a
+# dead link. Message size: a frame or a head chunk stays well under 16 MiB.
+CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
@@ -48,7 +49,7 @@ def _read(path: str) -> bytes | None:
 
 
 def _options(settings: ChannelSettings) -> list[tuple[str, object]]:
-    options: list[tuple[str, object]] = list(KEEPALIVE_OPTIONS)
+    options: list[tuple[str, object]] = list(CHANNEL_OPTIONS)
     if settings.server_name:
         options.append(("grpc.ssl_target_name_override", settings.server_name))
     return options

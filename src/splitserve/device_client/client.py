@@ -39,7 +39,7 @@ import torch
 
 from splitserve.codecs import codec_kind
 from splitserve.device_client.bandwidth import BandwidthMonitor
-from splitserve.device_client.bundles import fetch_head, local_bundle
+from splitserve.device_client.bundles import fetch_device_files, local_bundle
 from splitserve.device_client.channel import ChannelSettings, aio_channel, explain_tls_failure
 from splitserve.device_client.head import EncodedFrame, HeadRunner
 from splitserve.device_client.policy import Decision, FramePlanner, Policy, WidthCost, make_policy, manifest_accuracy
@@ -231,10 +231,13 @@ class AsyncSplitClient:
             raise ClientError(
                 f"cannot reach the edge server at {self.settings.target} within {self.connect_timeout:.0f} s{why}"
             ) from None
-        bundle = None if self.fetch else local_bundle(self.model, self.version)
+        try:
+            bundle = None if self.fetch else local_bundle(self.model, self.version)
+        except BundleError as exc:  # this device's copy is damaged: never fall back to it silently
+            raise ClientError(f"the bundle of {self.model!r} on this device is unusable: {exc}") from None
         if bundle is None:
             try:
-                bundle = await fetch_head(self._stub, self.model, self.version, self.settings.metadata())
+                bundle = await fetch_device_files(self._stub, self.model, self.version, self.settings.metadata())
             except grpc.aio.AioRpcError as exc:
                 raise ClientError(f"cannot fetch the head of {self.model!r}: {exc.details()}") from None
             except BundleError as exc:  # what the server sent is unsafe or corrupt: nothing was used

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -60,9 +59,6 @@ class StudentConfig:
 
     def bottleneck_channels(self) -> tuple[int, ...]:
         return width_channels(self.bottleneck, self.fractions)
-
-    def downsampling(self) -> int:
-        return int(np.prod([s for _, _, s in self.stages]))
 
 
 class SlimmableEncoder(nn.Module):
