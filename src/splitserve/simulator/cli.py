@@ -139,8 +139,9 @@ def run_main(args: argparse.Namespace) -> int:
             bar.update(done - bar.n)
 
         def strategy_done(n: int, row: dict, seconds: float) -> None:  # one line each, terminal or log file
-            p95 = row["latency_ms"]["p95"]
-            bar.write(f"simulate: [{n + 1}/{len(strategies)}] {row['name']}: p95 {p95:.0f} ms, "
+            p95 = row["latency_ms"]["p95"]  # None when no frame came back OK
+            p95_text = "-" if p95 is None else f"{p95:.0f}"
+            bar.write(f"simulate: [{n + 1}/{len(strategies)}] {row['name']}: p95 {p95_text} ms, "
                       f"{100 * row['deadline_miss']:.1f}% missed ({seconds:.0f} s)", file=sys.stderr)  # fmt: skip
 
         print(f"simulate: {len(strategies)} strategies x {args.frames} frames at {args.fps:g} fps "
