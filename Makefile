@@ -24,14 +24,17 @@ $(BIN)/edge-server: pyproject.toml
 
 install: $(BIN)/edge-server
 
-# The full Fashion-MNIST set (Debian package dataset-fashion-mnist) for the fmnist
-# accuracy checks; the tests that need it say so when it is missing.
+# Debian packages some tests use: the full Fashion-MNIST set (dataset-fashion-mnist) for
+# the fmnist accuracy checks, and prometheus for the dashboard test, which scrapes a real
+# edge-server. Tests that need one say so when it is missing.
+DEBS := dataset-fashion-mnist:$(FMNIST) prometheus:/usr/bin/prometheus
 datasets:
-	@if [ ! -f $(FMNIST) ]; then \
+	@missing=""; for dep in $(DEBS); do [ -e "$${dep#*:}" ] || missing="$$missing $${dep%%:*}"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO=sudo; else SUDO=none; fi; \
-	  if [ "$$SUDO" = none ]; then echo "note: apt-get install dataset-fashion-mnist to run the Fashion-MNIST tests"; \
-	  else $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends dataset-fashion-mnist >/dev/null \
-	    || echo "note: could not install dataset-fashion-mnist; its tests will skip"; fi; \
+	  if [ "$$SUDO" = none ]; then echo "note: apt-get install$$missing to run the tests that need them"; \
+	  else $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null \
+	    || echo "note: could not install$$missing; the tests that need them will skip"; fi; \
 	fi
 
 demo: install

@@ -1,5 +1,6 @@
 """A real edge-server process under bad input: each bad frame fails alone, the stream goes on."""
 
+import json
 import threading
 
 import grpc
@@ -100,9 +101,15 @@ def test_unary_infer_and_model_listing(start_server, fmnist):
         assert r.status == S.OK and r.timings.total_ms > 0 and r.model == fmnist.name
         models = stub.ListModels(pb.ListModelsRequest())
         names = [m.name for m in models.models]
-        assert fmnist.name in names
+        assert fmnist.name in names and "lite0-imagenet" in names
+        # the listing leaves the labels (1,000 for lite0-imagenet) and the full manifest to GetModel
+        assert all(not m.labels and not m.manifest_json and m.widths and m.bundle_sha256 for m in models.models)
+        assert models.ByteSize() < 8_000
+        full = stub.ListModels(pb.ListModelsRequest(include_labels=True))
+        assert {len(m.labels) for m in full.models if m.name == "lite0-imagenet"} == {1000}
         m = stub.GetModel(pb.GetModelRequest(name=fmnist.name))
         assert m.bundle_sha256 == fmnist.sha256 and len(m.widths) == fmnist.student.widths
+        assert list(m.labels) == fmnist.labels and json.loads(m.manifest_json)["labels"] == fmnist.labels
         with pytest.raises(grpc.RpcError) as err:
             stub.GetModel(pb.GetModelRequest(name="nope"))
         assert err.value.code() == grpc.StatusCode.NOT_FOUND

@@ -3,6 +3,7 @@
 import asyncio
 import json
 import os
+import re
 import subprocess
 import time
 
@@ -92,7 +93,7 @@ def run_simulate(tmp_path, *args):
     proc = subprocess.run([str(BIN / "simulate"), *args, "--json", str(out)], capture_output=True, text=True,
                           timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return json.loads(out.read_text()), proc.stdout
+    return json.loads(out.read_text()), proc.stdout + proc.stderr
 
 
 @pytest.mark.e2e
@@ -114,6 +115,13 @@ def test_short_simulate_run_with_real_processes(tmp_path):
     assert rows["jpeg"]["latency_ms"]["p50"] > rows["split:0"]["latency_ms"]["p50"]
     assert "strategy" in stdout and (tmp_path / "sim.png").stat().st_size > 10_000
     assert result["link"]["uplink"]["rate_bps"] == 300_000
+    # progress: one line per strategy as it ends, also when stderr is not a terminal (as here)
+    done = re.findall(r"simulate: \[(\d)/4\] ([\w:]+): p95", stdout)
+    assert done == [("1", "local"), ("2", "jpeg"), ("3", "split:0"), ("4", "adaptive")], stdout[-2000:]
+    # the plot's lower panel draws these: split and adaptive frames carry the bandwidth estimate
+    for name in ("split:0", "adaptive"):
+        estimates = [p["bw_bps"] for p in result["timeline"][name]]
+        assert sum(1 for e in estimates if e and e > 0) >= len(estimates) - 3, (name, estimates)
 
 
 @pytest.mark.e2e

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 from dataclasses import dataclass
@@ -23,6 +24,12 @@ CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 5_000),
+    # Several servers behind one target (dns:///edge-headless:50051 resolving to every replica,
+    # or ipv4:10.0.0.1:50051,10.0.0.2:50051): connect to all of them and open each new stream
+    # on the next ready one. Devices spread across replicas, and a stream that breaks (a server
+    # drained on scale-down, or killed) reopens on a server that is up. gRPC's default,
+    # pick_first, would pin every device to the first address. One address: no difference.
+    ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
 ]
 
 

@@ -29,7 +29,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="device-client", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--server", required=True, help="edge server HOST:PORT")
+    p.add_argument("--server", required=True,
+                   help="edge server HOST:PORT; several replicas: dns:///NAME:PORT (every address NAME resolves "
+                        "to) or ipv4:HOST:PORT,HOST:PORT; streams are balanced round-robin")  # fmt: skip
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or bundle directory (default {DEFAULT_MODEL})")
     p.add_argument("--version", default="", help="model version (default: the newest)")
     p.add_argument("--frames", type=int, default=100, help="how many frames to send (default 100)")

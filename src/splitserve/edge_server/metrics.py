@@ -13,6 +13,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 UNKNOWN = "unknown"
+# The results a served (model, version, width) can end in, and those of frames that name no
+# served model. Their series are created at 0 up front: a rate over a series that is born
+# with the first error reads 0 until the second scrape, and "no errors yet" would show as
+# "No data" instead of 0.
+SERVED_STATUSES = ("OK", "DEADLINE_EXCEEDED", "INVALID_FRAME", "OVERLOADED", "INTERNAL", "UNAVAILABLE")
+UNKNOWN_STATUSES = ("UNKNOWN_MODEL", "INVALID_FRAME", "INTERNAL")
 
 
 class ServerMetrics:
@@ -52,9 +58,20 @@ class ServerMetrics:
             "splitserve_model_loads", "Model bundle load attempts, by result (ok / refused)",
             ("model", "version", "status"), registry=r,
         )  # fmt: skip
+        self.model_served(UNKNOWN, UNKNOWN, [UNKNOWN], UNKNOWN_STATUSES)
 
     def serve(self, port: int, host: str = "0.0.0.0") -> None:
         start_http_server(port, addr=host, registry=self.registry)
+
+    def model_served(
+        self, model: str, version: str, widths: list[str], statuses: tuple[str, ...] = SERVED_STATUSES
+    ) -> None:
+        """Create the frame counters a served model's frames will move, at 0 (see SERVED_STATUSES)."""
+        for width in widths:
+            self.frames_received.labels(model, version, width)
+            self.bytes_received.labels(model, version, width)
+            for status in statuses:
+                self.frames_completed.labels(model, version, width, status)
 
     def model_loaded(self, name: str, version: str, ok: bool) -> None:
         self.model_loads.labels(name, version, "ok" if ok else "refused").inc()

@@ -128,6 +128,9 @@ class ModelRepository:
                 )  # fmt: skip
                 if self.metrics is not None:
                     self.metrics.model_loaded(name, version, True)
+                    widths = [key[1:] if key.startswith("w") else key for key in served.runners]
+                    self.metrics.model_served(name, version, widths)
+                    self.metrics.model_served(name, version, ["invalid"], ("INVALID_FRAME",))
         return loaded
 
     def _batcher(self, runner: TailRunner, batching: BatchingConfig) -> Batcher:

@@ -22,14 +22,16 @@ CHUNK_BYTES = 64 * 1024
 WINDOW_METADATA = "splitserve-max-inflight"
 
 
-def manifest_message(bundle: Bundle) -> pb.ModelManifest:
+def manifest_message(bundle: Bundle, labels: bool = True) -> pb.ModelManifest:
+    """The bundle's manifest on the wire; without ``labels`` the class names and the full
+    manifest.json stay out (a listing of every model need not carry 1,000 ImageNet labels)."""
     m = bundle.manifest
     return pb.ModelManifest(
         name=bundle.name,
         version=bundle.version,
         task=str(m.get("task", "")),
         input_shape=list(bundle.input.shape),
-        labels=bundle.labels,
+        labels=bundle.labels if labels else [],
         widths=[
             pb.WidthInfo(
                 index=int(w["index"]),
@@ -44,7 +46,7 @@ def manifest_message(bundle: Bundle) -> pb.ModelManifest:
         codecs=bundle.codecs,
         files=[pb.FileInfo(path=k, sha256=v["sha256"], size=int(v["size"])) for k, v in m["files"].items()],
         bundle_sha256=bundle.sha256,
-        manifest_json=json.dumps(dict(m), sort_keys=True),
+        manifest_json=json.dumps(dict(m), sort_keys=True) if labels else "",
     )
 
 
@@ -86,7 +88,10 @@ class EdgeInferenceService(pb_grpc.EdgeInferenceServicer):
 
     async def ListModels(self, request: pb.ListModelsRequest, context) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(
-            models=[manifest_message(m.bundle) for m in self.repository.models(request.all_versions)]
+            models=[
+                manifest_message(m.bundle, labels=request.include_labels)
+                for m in self.repository.models(request.all_versions)
+            ]
         )
 
     async def GetModel(self, request: pb.GetModelRequest, context) -> pb.ModelManifest:

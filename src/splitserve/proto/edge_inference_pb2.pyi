@@ -116,10 +116,12 @@ class ServerTimings(_message.Message):
     def __init__(self, received_unix_us: _Optional[int] = ..., decode_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., tail_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
-    __slots__ = ("all_versions",)
+    __slots__ = ("all_versions", "include_labels")
     ALL_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_LABELS_FIELD_NUMBER: _ClassVar[int]
     all_versions: bool
-    def __init__(self, all_versions: _Optional[bool] = ...) -> None: ...
+    include_labels: bool
+    def __init__(self, all_versions: _Optional[bool] = ..., include_labels: _Optional[bool] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)

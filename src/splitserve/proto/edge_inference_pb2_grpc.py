@@ -85,7 +85,7 @@ class EdgeInferenceServicer:
 
     def ListModels(self, request, context):
         """Manifests of every model the server serves (newest version of each,
-        unless all_versions is set).
+        unless all_versions is set), without labels unless include_labels is set.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

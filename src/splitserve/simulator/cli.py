@@ -1,7 +1,7 @@
 """``simulate``: split inference vs local-only vs offloading images, over an emulated challenged link.
 
     simulate --bandwidth 2mbps --delay 20ms                    # real server + clients, userspace link
-    simulate --trace ATT-LTE-driving.up --deadline 150ms --plot run.png
+    simulate --trace fluctuating.up --plot run.png             # a bundled trace, or a Mahimahi file
     simulate --bandwidth 2mbps --loss 1% --netns               # kernel TCP over TUN devices (root)
     simulate sweep --bandwidth 0.1mbps..50mbps --plot sweep.png  # analytic model, crossover points
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from splitserve.simulator.traces import link_rate_bps
+from splitserve.simulator.traces import bundled_traces, link_rate_bps
 
 # Assumed compute slowdowns relative to this machine (2 x86 cores), for what-if runs.
 DEVICE_PROFILES = {"this": 1.0, "phone": 3.0, "pi4": 8.0, "pi-zero": 40.0}
@@ -31,7 +31,8 @@ def _common(p: argparse.ArgumentParser, sweep: bool) -> None:
         p.add_argument("--points", type=int, default=24, help="bandwidths in the sweep (log-spaced)")
     else:
         p.add_argument("--bandwidth", default="2mbps", help="uplink rate, e.g. 2mbps (default 2mbps)")
-        p.add_argument("--trace", help="Mahimahi uplink trace (overrides --bandwidth), or a step trace: "
+        p.add_argument("--trace", help="Mahimahi uplink trace file (overrides --bandwidth); bundled: "
+                                        f"{', '.join(p.name for p in bundled_traces())}; or a step trace: "
                                         "step:10s@10mbps,10s@0.5mbps,10s@3mbps")  # fmt: skip
         p.add_argument("--netns", action="store_true", help="kernel TCP over TUN devices in network namespaces (root)")
         p.add_argument("--analytic", action="store_true", help="the analytic model only: no processes, seconds")
@@ -137,7 +138,16 @@ def run_main(args: argparse.Namespace) -> int:
             bar.set_postfix_str(name)
             bar.update(done - bar.n)
 
-        result = run_experiment(cfg, progress, keep_dir=args.keep)
+        def strategy_done(n: int, row: dict, seconds: float) -> None:  # one line each, terminal or log file
+            p95 = row["latency_ms"]["p95"]  # None when no frame came back OK
+            p95_text = "-" if p95 is None else f"{p95:.0f}"
+            bar.write(f"simulate: [{n + 1}/{len(strategies)}] {row['name']}: p95 {p95_text} ms, "
+                      f"{100 * row['deadline_miss']:.1f}% missed ({seconds:.0f} s)", file=sys.stderr)  # fmt: skip
+
+        print(f"simulate: {len(strategies)} strategies x {args.frames} frames at {args.fps:g} fps "
+              f"(~{args.frames / args.fps:.0f} s of frames each) on {model}; starting the edge-server",
+              file=sys.stderr)  # fmt: skip
+        result = run_experiment(cfg, progress, keep_dir=args.keep, on_strategy=strategy_done)
         bar.update(bar.total - bar.n)
         bar.close()
     result["device_note"] = note

@@ -195,10 +195,12 @@ def score(run: StrategyRun, labels: np.ndarray, teacher: np.ndarray, deadline_ms
 
 
 def run_experiment(cfg: ExperimentConfig, on_progress: Callable[[str, int], None] | None = None,
-                   keep_dir: Path | None = None) -> dict:  # fmt: skip
+                   keep_dir: Path | None = None,
+                   on_strategy: Callable[[int, dict, float], None] | None = None) -> dict:  # fmt: skip
     """Run every strategy through the emulated link; returns the JSON-able report.
 
-    ``on_progress(strategy name, frames started so far over all strategies)`` is called while it runs.
+    ``on_progress(strategy name, frames started so far over all strategies)`` is called while it runs,
+    and ``on_strategy(index, its report row, seconds it took)`` after each strategy.
     """
     from splitserve.data.samples import load_sample
     from splitserve.models.zoo import load
@@ -223,6 +225,7 @@ def run_experiment(cfg: ExperimentConfig, on_progress: Callable[[str, int], None
                         on_progress(name, before + frames)
 
                 tick(0)
+                strategy_t0 = time.monotonic()
                 start_at = time.time() + cfg.warmup_s
                 if netns is not None:
                     netns.restart_links(start_at)
@@ -239,6 +242,8 @@ def run_experiment(cfg: ExperimentConfig, on_progress: Callable[[str, int], None
                         thread.close()
                 runs.append(run)
                 rows.append(score(run, labels, teacher, cfg.deadline_ms))
+                if on_strategy:
+                    on_strategy(n, rows[-1], time.monotonic() - strategy_t0)
     finally:
         if netns is not None:
             netns.close()

@@ -49,8 +49,9 @@ def crossovers(bandwidths: np.ndarray, curves: dict[str, np.ndarray], pairs: lis
 
 
 def plot_run(report: dict, path: Path, trace_series: tuple[np.ndarray, np.ndarray] | None = None) -> None:
-    """Latency per strategy (upper panel); below, per frame of the adaptive run: the link's rate, the
-    bandwidth estimate the frame was planned with (and its +-1 sigma band), and the width it chose."""
+    """Latency per strategy (upper panel); below, per frame: the link's rate, the bandwidth estimate of
+    each split run, and for the adaptive run the estimate each frame was planned with (and its +-1 sigma
+    band) and the width it chose."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -58,7 +59,9 @@ def plot_run(report: dict, path: Path, trace_series: tuple[np.ndarray, np.ndarra
 
     timeline = report["timeline"]
     adaptive = next((name for name in timeline if name.startswith("adaptive")), None)
-    panels = 2 if (adaptive or trace_series is not None) else 1
+    # the fixed-width split runs plan nothing, but their estimates show what the adaptive one saw
+    splits = [name for name in timeline if name.startswith("split") and any(p["bw_bps"] for p in timeline[name])]
+    panels = 2 if (adaptive or splits or trace_series is not None) else 1
     fig, axes = plt.subplots(panels, 1, figsize=(10, 4.2 * panels), squeeze=False)
     ax = axes[0][0]
     names = [r["name"] for r in report["strategies"]]
@@ -77,16 +80,24 @@ def plot_run(report: dict, path: Path, trace_series: tuple[np.ndarray, np.ndarra
         ax2 = axes[1][0]
         pts = timeline[adaptive] if adaptive else []
         t = np.array([p["t"] for p in pts])
-        link_bps = np.array([p.get("link_bps") or np.nan for p in pts], dtype=float)
-        if pts and not np.all(np.isnan(link_bps)):
-            ax2.step(t, link_bps / 1e6, where="post", color="0.55", label="link rate")
+        ref = pts or (timeline[splits[0]] if splits else [])  # the run whose link clock is drawn
+        link_bps = np.array([p.get("link_bps") or np.nan for p in ref], dtype=float)
+        if ref and not np.all(np.isnan(link_bps)):
+            ax2.step([p["t"] for p in ref], link_bps / 1e6, where="post", color="0.55", label="link rate")
         elif trace_series is not None:
             t_ms, rate = trace_series
             ax2.step(t_ms / 1e3, rate / 1e6, where="post", color="0.55", label="link rate (trace)")
+        for name in splits:
+            split_pts = timeline[name]
+            ax2.plot([p["t"] for p in split_pts], [(p["bw_bps"] or np.nan) / 1e6 for p in split_pts],
+                     linewidth=0.8, alpha=0.6, label=f"estimate, {name}")  # fmt: skip
+        if splits and not pts:
+            ax2.set_yscale("log")
+            ax2.set_xlim(0, max(p["t"] for name in splits for p in timeline[name]) * 1.02)
         if pts:
             bw = np.array([p["bw_bps"] if p["bw_bps"] else np.nan for p in pts], dtype=float)
             sigma = np.array([p.get("bw_sigma") or 0.0 for p in pts], dtype=float)
-            ax2.plot(t, bw / 1e6, color="tab:blue", label="estimate (planned with)")
+            ax2.plot(t, bw / 1e6, color="tab:blue", linewidth=1.8, label=f"estimate, {adaptive} (planned with)")
             if np.any(sigma > 0):
                 ax2.fill_between(t, bw * np.exp(-sigma) / 1e6, bw * np.exp(sigma) / 1e6, color="tab:blue",
                                  alpha=0.15, linewidth=0, label="estimate +-1 sigma")  # fmt: skip
