@@ -2,15 +2,18 @@
 
     python benchmarks/server_throughput.py --model fmnist-split --streams 1,4,16,32,64
     python benchmarks/server_throughput.py --model lite0-imagenet --streams 1,8,32 --duration 20
+    python benchmarks/server_throughput.py --model lite0-imagenet --device cuda --workers 4 --streams 32,128
 
 For each stream count, a real edge-server process serves real gRPC streams
 driven by several load-generator processes, each stream keeping a window of
 real encoded frames (the bundled model's widest width) in flight. Reported:
 
-  (a) tail   the decoder + tail alone, in a tight loop, at the batch size the
-             batching server reached: the limit
+  (a) tail   the decoder + tail alone on --device, in a tight loop, at the batch
+             size the batching server reached, from decoded host tensors: the
+             host-to-device copy (pinned, on CUDA) and a sync are included: the limit
   (b) off    the server with --max-batch 1
   (c) on     the server with dynamic batching (--max-batch 64, --max-delay-ms 2)
+  (d) on xN  (c) with --workers N processes sharing the port, when --workers > 1
 
 frames/s, server p50 / p99 latency (from each Result's timings), mean batch,
 and where the time goes per frame: decode, queue, tail, and the rest (gRPC,
@@ -48,23 +51,38 @@ def _cpu_seconds(pid: int) -> float:
 
 
 # -- load generator (runs as a subprocess: --worker) -------------------------------
-async def _worker(server: str, model: str, streams: int, window: int, duration: float, out: Path) -> None:
-    import grpc
+def write_payloads(model: str, path: Path) -> None:
+    """Encode the sample frames once, for every load generator (which then needs neither torch nor the model)."""
+    import base64
+
+    import torch
 
     from splitserve.data.samples import load_sample
     from splitserve.models.zoo import load
-    from splitserve.proto import edge_inference_pb2 as pb
-    from splitserve.proto import edge_inference_pb2_grpc as pb_grpc
 
     bundle = load(model)
     images, _ = load_sample(bundle.manifest.get("sample") or "")
     width = bundle.student.widths - 1
-    import torch
-
     with torch.inference_mode():
         head, enc = bundle.device_stage("entropic", width), bundle.encoder_for("entropic", width)
         payloads = [enc.encode(head(bundle.preprocess()(torch.from_numpy(img[None])))[0]) for img in images[:32]]
-    shape = list(bundle.latent_shape(width))
+    path.write_text(json.dumps({
+        "model": bundle.name, "width": width, "shape": list(bundle.latent_shape(width)),
+        "payloads": [base64.b64encode(p).decode() for p in payloads],
+    }))  # fmt: skip
+
+
+async def _worker(server: str, frames: Path, streams: int, window: int, duration: float, out: Path) -> None:
+    import base64
+
+    import grpc
+
+    from splitserve.proto import edge_inference_pb2 as pb
+    from splitserve.proto import edge_inference_pb2_grpc as pb_grpc
+
+    spec = json.loads(frames.read_text())
+    model, width, shape = spec["model"], spec["width"], spec["shape"]
+    payloads = [base64.b64decode(p) for p in spec["payloads"]]
     records: list[tuple[float, float, float, float, int]] = []
     stop = time.monotonic() + duration
 
@@ -75,7 +93,7 @@ async def _worker(server: str, model: str, streams: int, window: int, duration: 
 
         async def send() -> None:
             nonlocal sent
-            frame = pb.Frame(frame_id=sent, model=bundle.name, codec="entropic", width=width,
+            frame = pb.Frame(frame_id=sent, model=model, codec="entropic", width=width,
                              payload=payloads[(s + sent) % len(payloads)], shape=shape)  # fmt: skip
             sent += 1
             await call.write(frame)
@@ -101,40 +119,97 @@ async def _worker(server: str, model: str, streams: int, window: int, duration: 
 
 
 # -- the benchmark ----------------------------------------------------------------
-def tail_loop(model: str, batch: int, seconds: float = 3.0) -> dict:
-    """(a): decoder + tail alone, in a tight loop at this batch size, in this process."""
+def device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), "cpu")  # fmt: skip
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def real_latents(bundle, width: int, n: int = 32):  # type: ignore[no-untyped-def]
+    """Decoded latents of the sample images: what the tail sees in the server."""
+    import torch
+
+    from splitserve.data.samples import load_sample
+
+    images, _ = load_sample(bundle.manifest.get("sample") or "")
+    enc, dec = bundle.encoder_for("entropic", width), bundle.decoder_for("entropic", width)
+    shape = bundle.latent_shape(width)
+    with torch.inference_mode():
+        head = bundle.device_stage("entropic", width)
+        ys = [head(bundle.preprocess()(torch.from_numpy(img[None])))[0] for img in images[:n]]
+    return [dec.decode(enc.encode(y), shape) for y in ys]
+
+
+def tail_loop(model: str, batch: int, device: str, seconds: float = 3.0) -> dict:
+    """(a): decoder + tail alone on ``device``, in a tight loop at this batch size, in this process.
+
+    Each iteration stacks decoded host tensors, copies them to the device (pinned memory
+    on CUDA) and waits for the result, as the server's tail worker does.
+    """
     import torch
 
     from splitserve.models.zoo import load
 
     bundle = load(model)
     width = bundle.student.widths - 1
-    stage = bundle.server_stage("entropic", width)
-    x = torch.randn(batch, *bundle.latent_shape(width))
+    dev = torch.device(device)
+    stage = bundle.server_stage("entropic", width).to(dev)
+    latents = real_latents(bundle, width)
+    inputs = [latents[i % len(latents)] for i in range(batch)]
+
+    def step() -> None:
+        x = torch.stack(inputs)
+        if dev.type == "cuda":
+            x = x.pin_memory()
+        stage(x.to(dev, non_blocking=True)).float().softmax(1).topk(5, dim=1)[0].cpu()
+
     with torch.inference_mode():
-        stage(x)
+        step()
         n, t0, c0 = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - t0 < seconds:
-            stage(x)
+            step()
             n += batch
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"frames_per_s": n / wall, "cpu_ms_per_frame": cpu / n * 1e3, "batch": batch}
 
 
-def serve_and_load(model: str, streams: int, batching: bool, duration: float, window: int, procs: int) -> dict:
+def _tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its children (the workers of --workers N)."""
+    total = _cpu_seconds(pid)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                total += _cpu_seconds(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue  # exited while we looked
+    return total
+
+
+def serve_and_load(
+    frames: Path, streams: int, batching: bool, duration: float, window: int, procs: int, device: str,
+    server_workers: int = 1,
+) -> dict:  # fmt: skip
     port = _free_port()
     args = ["--max-batch", "64", "--max-delay-ms", "2"] if batching else ["--max-batch", "1"]
+    t_start = time.perf_counter()
     server = subprocess.Popen(
         [str(BIN / "edge-server"), "--host", "127.0.0.1", "--port", str(port), "--max-inflight-per-stream", "256",
-         "--max-queue", "4096", "--log-level", "warning", *args],
+         "--max-queue", "4096", "--log-level", "warning", "--device", device, "--workers", str(server_workers), *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
         _wait_health(port, server)
+        serving_s = time.perf_counter() - t_start
+        if server_workers > 1:
+            time.sleep(1.0)  # the first worker answered health; give the others their moment
         per_proc = [streams // procs + (1 if i < streams % procs else 0) for i in range(procs)]
         per_proc = [n for n in per_proc if n]
         outs = [Path(f"/tmp/ss-load-{port}-{i}.json") for i in range(len(per_proc))]
-        cpu0 = _cpu_seconds(server.pid)
+        cpu0 = _tree_cpu_seconds(server.pid)
         t0 = time.perf_counter()
         workers = [
             subprocess.Popen(
@@ -144,8 +219,8 @@ def serve_and_load(model: str, streams: int, batching: bool, duration: float, wi
                     "--worker",
                     "--server",
                     f"127.0.0.1:{port}",
-                    "--model",
-                    model,
+                    "--frames",
+                    str(frames),
                     "--streams",
                     str(n),
                     "--window",
@@ -161,14 +236,14 @@ def serve_and_load(model: str, streams: int, batching: bool, duration: float, wi
         for w in workers:
             w.wait(duration + 300)
         wall = time.perf_counter() - t0
-        cpu = _cpu_seconds(server.pid) - cpu0
+        cpu = _tree_cpu_seconds(server.pid) - cpu0
         records = np.array([r for out in outs for r in json.loads(out.read_text())])
         for out in outs:
             out.unlink(missing_ok=True)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)
-    # the workers spend their first seconds loading the model: count frames over the load window only
+    # frames/s over the load window: every load generator sends for exactly `duration` seconds
     frames = len(records)
     total, decode, queue, tail, batch = (records[:, i] for i in range(5))
     tail_per_frame = tail / np.maximum(batch, 1)
@@ -185,6 +260,8 @@ def serve_and_load(model: str, streams: int, batching: bool, duration: float, wi
             "rest": float((total - decode - queue - tail).mean()),
         },  # fmt: skip
         "server_cpu_ms_per_frame": cpu / frames * 1e3 if frames else None,
+        "workers": server_workers,
+        "serving_after_s": serving_s,
         "wall_s": wall,
     }
 
@@ -206,10 +283,16 @@ def _wait_health(port: int, proc: subprocess.Popen, timeout: float = 120) -> Non
     raise TimeoutError("edge-server did not come up")
 
 
+def _load() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="fmnist-split")
     p.add_argument("--streams", default="1,4,16,32,64")
+    p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (CUDA if present)")
+    p.add_argument("--workers", type=int, default=1, help="also run (d): the batching server with N processes")
     p.add_argument("--duration", type=float, default=8.0, help="seconds of load per point")
     p.add_argument("--window", type=int, default=2, help="frames in flight per stream")
     p.add_argument("--procs", type=int, default=2, help="load-generator processes")
@@ -217,41 +300,71 @@ def main() -> int:
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--server", help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--frames", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        asyncio.run(_worker(args.server, args.model, int(args.streams), args.window, args.duration, args.out))
+        asyncio.run(_worker(args.server, args.frames, int(args.streams), args.window, args.duration, args.out))
         return 0
+    import torch
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    name = device_name(device)
+    print(f"{args.model} on {device} ({name}); load: {_load()}", flush=True)
+    t_run = time.perf_counter()
+    frames = Path(f"/tmp/ss-frames-{os.getpid()}.json")
+    write_payloads(args.model, frames)
     rows = []
     for n in [int(s) for s in args.streams.split(",")]:
-        off = serve_and_load(args.model, n, False, args.duration, args.window, args.procs)
-        on = serve_and_load(args.model, n, True, args.duration, args.window, args.procs)
-        limit = tail_loop(args.model, max(1, round(on["mean_batch"])))
-        rows.append({"streams": n, "tail": limit, "off": off, "on": on})
-        print(f"streams {n:>3}: tail {limit['frames_per_s']:8.0f}/s (batch {limit['batch']}) | off "
-              f"{off['frames_per_s']:7.0f}/s | on {on['frames_per_s']:7.0f}/s (batch {on['mean_batch']:.1f})",
-              flush=True)  # fmt: skip
+        t_point = time.perf_counter()
+        row: dict = {"streams": n, "load_before": _load()}
+        row["off"] = serve_and_load(frames, n, False, args.duration, args.window, args.procs, device)
+        row["on"] = serve_and_load(frames, n, True, args.duration, args.window, args.procs, device)
+        if args.workers > 1:
+            row["on_workers"] = serve_and_load(
+                frames, n, True, args.duration, args.window, args.procs, device, args.workers
+            )
+        batch = max(1, round(row["on"]["mean_batch"]))
+        row["tail"] = tail_loop(args.model, batch, device)
+        row["point_s"] = time.perf_counter() - t_point
+        rows.append(row)
+        extra = f" | on x{args.workers} {row['on_workers']['frames_per_s']:7.0f}/s" if args.workers > 1 else ""
+        print(f"streams {n:>3}: tail {row['tail']['frames_per_s']:8.0f}/s (batch {batch}) | off "
+              f"{row['off']['frames_per_s']:7.0f}/s | on {row['on']['frames_per_s']:7.0f}/s "
+              f"(batch {row['on']['mean_batch']:.1f}){extra} [{row['point_s']:.0f} s]", flush=True)  # fmt: skip
     print()
-    head = (f"{'streams':>7} {'tail f/s':>9} {'off f/s':>8} {'on f/s':>8} {'on/tail':>8} {'on/off':>7} "
-            f"{'on p50':>7} {'on p99':>7} {'batch':>6} {'decode':>7} {'queue':>7} {'tail':>7} {'rest':>7} "
+    configs = [("on", "on")] + ([("on_workers", f"on x{args.workers}")] if args.workers > 1 else [])
+    head = (f"{'streams':>7} {'config':>8} {'tail f/s':>9} {'off f/s':>8} {'f/s':>8} {'/tail':>6} {'/off':>6} "
+            f"{'p50 ms':>7} {'p99 ms':>7} {'batch':>6} {'decode':>7} {'queue':>7} {'tail':>7} {'rest':>7} "
             f"{'cpu/frame':>9} {'overhead':>9}")  # fmt: skip
     print(head + "\n" + "-" * len(head))
     for r in rows:
-        on, off, lim = r["on"], r["off"], r["tail"]
-        pf = on["per_frame_ms"]
-        overhead = on["server_cpu_ms_per_frame"] - lim["cpu_ms_per_frame"]
-        r["on"]["overhead_cpu_ms_per_frame"] = overhead
-        print(f"{r['streams']:>7} {lim['frames_per_s']:>9.0f} {off['frames_per_s']:>8.0f} {on['frames_per_s']:>8.0f} "
-              f"{on['frames_per_s'] / lim['frames_per_s']:>8.2f} {on['frames_per_s'] / off['frames_per_s']:>7.2f} "
-              f"{on['latency_ms']['p50']:>7.2f} {on['latency_ms']['p99']:>7.2f} {on['mean_batch']:>6.1f} "
-              f"{pf['decode']:>7.3f} {pf['queue']:>7.3f} {pf['tail']:>7.3f} {pf['rest']:>7.3f} "
-              f"{on['server_cpu_ms_per_frame']:>9.3f} {overhead:>9.3f}")  # fmt: skip
+        off, lim = r["off"], r["tail"]
+        for key, label in configs:
+            on = r[key]
+            pf = on["per_frame_ms"]
+            overhead = on["server_cpu_ms_per_frame"] - lim["cpu_ms_per_frame"]
+            on["overhead_cpu_ms_per_frame"] = overhead
+            on["of_tail"] = on["frames_per_s"] / lim["frames_per_s"]
+            on["of_off"] = on["frames_per_s"] / off["frames_per_s"]
+            print(f"{r['streams']:>7} {label:>8} {lim['frames_per_s']:>9.0f} {off['frames_per_s']:>8.0f} "
+                  f"{on['frames_per_s']:>8.0f} {on['of_tail']:>6.2f} {on['of_off']:>6.2f} "
+                  f"{on['latency_ms']['p50']:>7.2f} {on['latency_ms']['p99']:>7.2f} {on['mean_batch']:>6.1f} "
+                  f"{pf['decode']:>7.3f} {pf['queue']:>7.3f} {pf['tail']:>7.3f} {pf['rest']:>7.3f} "
+                  f"{on['server_cpu_ms_per_frame']:>9.3f} {overhead:>9.3f}")  # fmt: skip
+    frames.unlink(missing_ok=True)
+    total_s = time.perf_counter() - t_run
     print(
-        "\nper-frame ms columns are means over every result; cpu/frame is the server process's CPU time per "
-        "frame; overhead = cpu/frame - the tail's own CPU per frame at that batch size"
+        "\nper-frame ms columns are means over every result; cpu/frame is the server's CPU time per frame (all "
+        "its processes); overhead = cpu/frame - the tail's own CPU per frame at that batch size; "
+        f"the run took {total_s:.0f} s; load after: {_load()}"
     )
     args.json = args.json or Path(__file__).parent / "results" / f"server_throughput_{args.model}.json"
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"model": args.model, "rows": rows}, indent=1) + "\n")
+    out = {"model": args.model, "device": device, "device_name": name, "workers": args.workers,
+           "duration_s": args.duration, "run_s": total_s, "rows": rows}  # fmt: skip
+    args.json.write_text(json.dumps(out, indent=1) + "\n")
     return 0
 
 

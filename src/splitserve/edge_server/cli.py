@@ -2,6 +2,7 @@
 
 edge-server --port 50051                       # the bundled models, CUDA if present
 edge-server --models /srv/models --device cuda --max-batch 64 --metrics-port 9100
+edge-server --workers 4 --device cuda          # four processes on one port feeding one GPU
 edge-server --config server.toml               # any flag, as TOML keys
 """
 
@@ -23,7 +24,12 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "max_batch": (int, "largest batch the tail runs (default 32; 1 turns batching off)"),
     "max_delay_ms": (float, "longest a frame waits for its batch to fill (default 2)"),
     "max_queue": (int, "frames queued per model width before OVERLOADED (default 256)"),
-    "decode_threads": (int, "threads decoding payloads (default 4)"),
+    "decode_threads": (int, "threads decoding payloads, per worker (default 4)"),
+    "workers": (
+        int,
+        "server processes sharing the port (SO_REUSEPORT), each decoding and batching its own streams; "
+        "one /metrics port sums them all (default 0: one per 4 cores, 1 to 8)",
+    ),
     "max_message_bytes": (int, "gRPC message size cap; larger messages end the stream (default 4 MiB)"),
     "max_frame_bytes": (int, "payload size cap; larger frames get INVALID_FRAME (default 1 MiB)"),
     "max_inflight_per_stream": (
@@ -73,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"edge-server: {exc}", file=sys.stderr)
         return 2
     setup_logging(cfg.log_level, cfg.log_format)
+    from splitserve.edge_server.workers import default_workers, supervise
+
+    workers = cfg.workers or default_workers()
+    if workers > 1:
+        return supervise(cfg, batching_flags, workers)
     from splitserve.edge_server.server import serve  # heavy imports after argument errors are out
 
     try:

@@ -40,6 +40,7 @@ class ServerConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     decode_threads: int = 4
+    workers: int = 0  # server processes sharing the port; 0 = auto (one per 4 cores, 1 to 8)
     # limits
     max_message_bytes: int = 4 * 1024 * 1024  # gRPC hard cap: larger messages end the stream
     max_frame_bytes: int = 1024 * 1024  # per-frame payload cap: larger frames get INVALID_FRAME
@@ -73,6 +74,8 @@ class ServerConfig:
             raise ServerConfigError(f"max_tags_bytes must be >= 0, got {self.max_tags_bytes}")
         if self.max_frame_bytes > self.max_message_bytes:
             raise ServerConfigError("max_frame_bytes cannot exceed max_message_bytes")
+        if self.workers < 0:
+            raise ServerConfigError(f"workers must be >= 0 (0 picks one per 4 cores), got {self.workers}")
         if self.decode_threads < 1:
             raise ServerConfigError("decode_threads must be >= 1")
         if bool(self.tls_cert) != bool(self.tls_key):

@@ -52,8 +52,12 @@ class ServerMetrics:
         self.batch_size = Histogram(
             "splitserve_batch_size", "Frames per batch run on the device", labels, buckets=_BATCH_BUCKETS, registry=r
         )
-        self.inflight = Gauge("splitserve_inflight_frames", "Frames accepted and not yet answered", registry=r)
-        self.streams = Gauge("splitserve_active_streams", "Open Stream calls", registry=r)
+        # livesum: with --workers (Prometheus multiprocess mode) the live workers' values add up
+        self.inflight = Gauge(
+            "splitserve_inflight_frames", "Frames accepted and not yet answered",
+            registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.streams = Gauge("splitserve_active_streams", "Open Stream calls", registry=r, multiprocess_mode="livesum")
         self.model_loads = Counter(
             "splitserve_model_loads", "Model bundle load attempts, by result (ok / refused)",
             ("model", "version", "status"), registry=r,

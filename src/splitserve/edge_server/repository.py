@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,9 @@ class ModelRepository:
                     continue
                 try:
                     batching = model_batching(self.batching, path.parent, self.overrides)
+                    t0 = time.perf_counter()
                     served = await asyncio.to_thread(_load, path, self.worker, batching)
+                    load_s = time.perf_counter() - t0
                 except Exception as exc:  # noqa: BLE001 - any way a bundle fails to load refuses it alone
                     # A bundle is data from disk: torch.load(weights_only=True) refusing a pickled
                     # object raises UnpicklingError, a broken npz BadZipFile, a wrong state KeyError...
@@ -122,9 +125,9 @@ class ModelRepository:
                 self._models.setdefault(name, {})[version] = served
                 loaded.append(f"{name}:{version}")
                 log.info(
-                    "serving %s:%s (%s widths, codecs %s, sha256 %s)",
+                    "serving %s:%s (%s widths, codecs %s, sha256 %s; loaded and warmed up in %.2f s)",
                     name, version, served.bundle.student.widths, ",".join(served.bundle.codecs),
-                    served.bundle.sha256[:12],
+                    served.bundle.sha256[:12], load_s,
                 )  # fmt: skip
                 if self.metrics is not None:
                     self.metrics.model_loaded(name, version, True)

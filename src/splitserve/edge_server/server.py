@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import signal
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -37,6 +40,8 @@ def channel_options(cfg: ServerConfig) -> list[tuple[str, int]]:
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_ping_strikes", 0),
+        # --workers: every worker process binds the same port; the kernel spreads connections over them.
+        ("grpc.so_reuseport", 1),
     ]
 
 
@@ -70,9 +75,23 @@ def exposure_warnings(cfg: ServerConfig) -> list[str]:
     return out
 
 
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux /proc; None elsewhere): start-up time as an operator sees it."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+
+
 class EdgeServer:
-    def __init__(self, cfg: ServerConfig, batching_overrides: dict | None = None) -> None:
+    """One server process. With ``serve_metrics=False`` it records metrics but leaves the /metrics
+    endpoint to its supervisor (``--workers``: Prometheus multiprocess mode, one port for all)."""
+
+    def __init__(self, cfg: ServerConfig, batching_overrides: dict | None = None, serve_metrics: bool = True) -> None:
         self.cfg = cfg
+        self.serve_metrics = serve_metrics
         self.device = resolve_device(cfg.device)
         self.worker = DeviceWorker(self.device)
         self.decode_pool = ThreadPoolExecutor(cfg.decode_threads, thread_name_prefix="decode")
@@ -106,7 +125,10 @@ class EdgeServer:
     async def start(self) -> None:
         if self.cfg.models and not Path(self.cfg.models).is_dir():
             raise FileNotFoundError(f"--models {self.cfg.models}: no such directory")
+        before = process_age_s()
+        t0 = time.perf_counter()
         await self.repository.scan()
+        models_s = time.perf_counter() - t0
         if self.repository.empty:
             raise RuntimeError(f"no servable model bundles under {self.repository.root}")
         self.server = grpc.aio.server(options=channel_options(self.cfg), interceptors=self.interceptors)
@@ -121,8 +143,10 @@ class EdgeServer:
             self.port = self.server.add_insecure_port(address)
         if self.port == 0:
             raise RuntimeError(f"cannot listen on {address}")
+        t1 = time.perf_counter()
         await self.server.start()
-        if self.metrics is not None:
+        grpc_s = time.perf_counter() - t1
+        if self.metrics is not None and self.serve_metrics:
             self.metrics.serve(self.cfg.metrics_port, self.cfg.metrics_host)
             log.info("metrics on http://%s:%d/metrics", self.cfg.metrics_host, self.cfg.metrics_port)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
@@ -130,6 +154,12 @@ class EdgeServer:
             self._poller = asyncio.create_task(self._poll())
         models = ", ".join(f"{m.bundle.name}:{m.bundle.version}" for m in self.repository.models())
         log.info("edge-server listening on %s:%d (device %s; models %s)", self.cfg.host, self.port, self.device, models)
+        age = process_age_s()
+        if age is not None and before is not None:  # where start-up went, for the 10 s SERVING target
+            log.info(
+                "SERVING %.1f s after the process started: %.1f s interpreter and imports, %.1f s loading and "
+                "warming up models, %.2f s starting gRPC", age, before, models_s, grpc_s,
+            )  # fmt: skip
         for warning in exposure_warnings(self.cfg):
             log.warning("%s", warning)
 
@@ -155,6 +185,9 @@ class EdgeServer:
     async def drain_and_stop(self) -> None:
         """Stop taking work, answer everything accepted, then stop (bounded by drain_timeout)."""
         if self.server is None or self._stopped.is_set():
+            return
+        if self.service.draining.is_set():  # a second signal while draining: the first drain finishes
+            await self._stopped.wait()
             return
         log.info("draining: no new streams; answering frames in flight (up to %.0f s)", self.cfg.drain_timeout)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -183,10 +216,18 @@ class EdgeServer:
         await self._stopped.wait()
 
 
-async def serve(cfg: ServerConfig, batching_overrides: dict | None = None) -> None:
-    server = EdgeServer(cfg, batching_overrides)
+async def serve(
+    cfg: ServerConfig,
+    batching_overrides: dict | None = None,
+    serve_metrics: bool = True,
+    on_started: Callable[[int], None] | None = None,
+) -> None:
+    """Run one server process until SIGTERM / SIGINT has drained it; ``on_started(port)`` once SERVING."""
+    server = EdgeServer(cfg, batching_overrides, serve_metrics)
     await server.start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(server.drain_and_stop()))
+    if on_started is not None:
+        on_started(server.port)
     await server.wait()

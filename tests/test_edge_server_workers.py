@@ -1,0 +1,168 @@
+"""``edge-server --workers 2``: two real server processes on one port, under their supervisor.
+
+Every test starts a real edge-server process on loopback and talks to it over real
+connections; each test stream gets its own TCP connection so the kernel spreads them
+over the workers.
+"""
+
+import os
+import signal
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import free_port
+from helpers import Stream, good_frame
+
+from splitserve.edge_server.workers import default_workers
+from splitserve.proto import edge_inference_pb2 as pb
+
+pytestmark = pytest.mark.e2e
+S = pb.Result.Status
+STREAMS = 16  # connections: the chance that all land on one of two workers is 2^-15
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited while we looked
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return sorted(out)
+
+
+def cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def own_connection(address: str) -> grpc.Channel:
+    """A channel with its own TCP connection (gRPC shares one per target unless told otherwise)."""
+    return grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+
+
+def metric_samples(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line.startswith("splitserve_"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+def wait_workers(server, n: int, timeout: float = 60) -> list[int]:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        pids = children(server.proc.pid)
+        if len(pids) == n:
+            return pids
+        time.sleep(0.1)
+    raise TimeoutError(f"expected {n} worker processes, found {children(server.proc.pid)}")
+
+
+def test_default_workers_follow_the_core_count():
+    assert default_workers(1) == 1 and default_workers(2) == 1 and default_workers(4) == 1
+    assert default_workers(16) == 4 and default_workers(256) == 8
+
+
+def test_two_workers_answer_every_frame_once_and_share_one_metrics_port(start_server, fmnist):
+    mport = free_port()
+    server = start_server("--workers", "2", "--metrics-port", str(mport), "--metrics-host", "127.0.0.1")
+    pids = wait_workers(server, 2)
+    time.sleep(1.0)  # both workers are listening (the first health check may have reached either)
+    ticks = {pid: cpu_ticks(pid) for pid in pids}
+    streams = [Stream(server.address, own_connection(server.address)) for _ in range(STREAMS)]
+    per_stream = 6
+    for s, stream in enumerate(streams):
+        for i in range(per_stream):
+            stream.put(good_frame(fmnist, s * per_stream + i))
+    results = [stream.receive() for stream in streams for _ in range(per_stream)]
+    for stream in streams:
+        stream.close()
+    ids = sorted(r.frame_id for r in results)
+    assert ids == list(range(STREAMS * per_stream))  # every frame answered, none twice
+    assert all(r.status == S.OK for r in results), [S.Name(r.status) for r in results]
+    busy = [pid for pid in pids if cpu_ticks(pid) > ticks[pid]]
+    assert busy == pids, "both workers should have served some of the 16 connections"
+    samples = metric_samples(mport)  # one port, the workers' counts summed
+    width = str(fmnist.student.widths - 1)
+    ok = (
+        f'splitserve_frames_completed_total{{model="fmnist-split",status="OK",version="{fmnist.version}",'
+        f'width="{width}"}}'
+    )
+    assert samples[ok] == STREAMS * per_stream
+    assert samples["splitserve_inflight_frames"] == 0
+    assert any(k.startswith("splitserve_model_loads_total") and v == 2 for k, v in samples.items())
+
+
+def test_sigterm_drains_every_worker(start_server, fmnist):
+    server = start_server("--workers", "2", "--max-delay-ms", "400", "--max-batch", "256", "--drain-timeout", "20")
+    pids = wait_workers(server, 2)
+    time.sleep(1.0)
+    streams = [Stream(server.address, own_connection(server.address)) for _ in range(STREAMS)]
+    per_stream = 3
+    for s, stream in enumerate(streams):
+        for i in range(per_stream):
+            stream.put(good_frame(fmnist, s * per_stream + i))
+    time.sleep(0.15)  # frames are read and waiting for their batches
+    server.proc.send_signal(signal.SIGTERM)
+    results = [stream.receive() for stream in streams for _ in range(per_stream)]
+    assert sorted(r.frame_id for r in results) == list(range(STREAMS * per_stream))
+    assert all(r.status == S.OK for r in results), [S.Name(r.status) for r in results]
+    for stream in streams:
+        with pytest.raises(StopIteration):  # each worker ends its streams once everything is answered
+            stream.receive()
+    assert server.proc.wait(40) == 0
+    log = server.stop()
+    assert "stopping 2 workers" in log and log.count("edge-server stopped") == 3, log
+    assert not any(_alive(pid) for pid in pids)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_worker_that_dies_is_replaced(start_server, fmnist):
+    server = start_server("--workers", "2")
+    pids = wait_workers(server, 2)
+    os.kill(pids[0], signal.SIGKILL)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        now = children(server.proc.pid)
+        if len(now) == 2 and pids[0] not in now:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"worker {pids[0]} was not replaced: {children(server.proc.pid)}")
+    time.sleep(1.0)
+    for i in range(8):  # fresh connections reach the old and the new worker alike
+        with own_connection(server.address) as ch:
+            stream = Stream(server.address, ch)
+            assert stream.send(good_frame(fmnist, i)).status == S.OK
+            stream.close()
+    log = server.stop()
+    assert f"worker 0 (pid {pids[0]}) exited" in log and "starting a replacement" in log
+
+
+def test_a_worker_that_cannot_start_stops_the_server(tmp_path):
+    import subprocess
+
+    from conftest import BIN
+
+    proc = subprocess.run(
+        [str(BIN / "edge-server"), "--host", "127.0.0.1", "--port", "0", "--workers", "2",
+         "--models", str(tmp_path / "nothing-here")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert "no such directory" in proc.stderr
