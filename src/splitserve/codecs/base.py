@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
+
+if TYPE_CHECKING:  # the codecs run without torch on a device; the server hands and gets tensors
+    import torch
 
 
 class CodecError(ValueError):
@@ -22,8 +26,8 @@ class Encoder(ABC):
     codec_id: str
 
     @abstractmethod
-    def encode(self, data: torch.Tensor) -> bytes:
-        """Encode one tensor (no batch dimension) into payload bytes."""
+    def encode(self, data: np.ndarray | torch.Tensor) -> bytes:
+        """Encode one array or tensor (no batch dimension) into payload bytes."""
 
 
 class Decoder(ABC):
@@ -44,6 +48,24 @@ class Decoder(ABC):
                 f"{list(self.shape)} for this codec and width"
             )
         return declared
+
+
+def as_array(data: Any) -> np.ndarray:
+    """What an encoder codes: a numpy array, from an array or a torch tensor on any device."""
+    if hasattr(data, "detach"):  # a torch tensor; asking it keeps torch out of a device's imports
+        data = data.detach().cpu().numpy()
+    return np.asarray(data)
+
+
+def to_tensor(array: np.ndarray) -> torch.Tensor:
+    """A decoded payload as the torch tensor the server's tail takes.
+
+    torch is imported here, not at the top: decoding happens on the server (which has torch),
+    and a device without torch must still be able to import the codecs to encode.
+    """
+    import torch
+
+    return torch.from_numpy(array)
 
 
 def numel(shape: Sequence[int]) -> int:

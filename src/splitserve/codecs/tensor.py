@@ -16,12 +16,15 @@ import io
 import struct
 import zlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 import zstandard
 
-from splitserve.codecs.base import CodecError, Decoder, Encoder, numel
+from splitserve.codecs.base import CodecError, Decoder, Encoder, as_array, numel, to_tensor
+
+if TYPE_CHECKING:
+    import torch
 
 _COMPRESSORS = {"zlib": 0, "zstd": 1}
 _VERSION = 1
@@ -36,8 +39,8 @@ def _finite(x: np.ndarray, codec_id: str) -> np.ndarray:
 class Fp16Encoder(Encoder):
     codec_id = "fp16"
 
-    def encode(self, data: torch.Tensor) -> bytes:
-        return data.detach().to("cpu", torch.float16).contiguous().numpy().astype("<f2").tobytes()
+    def encode(self, data: np.ndarray | torch.Tensor) -> bytes:
+        return np.ascontiguousarray(as_array(data).astype("<f2")).tobytes()
 
 
 class Fp16Decoder(Decoder):
@@ -49,7 +52,7 @@ class Fp16Decoder(Decoder):
         if len(payload) != 2 * n:
             raise CodecError(f"fp16: payload is {len(payload)} bytes, {list(self.shape)} needs {2 * n}")
         x = np.frombuffer(payload, dtype="<f2").astype(np.float32)
-        return torch.from_numpy(_finite(x, self.codec_id).reshape(self.shape))
+        return to_tensor(_finite(x, self.codec_id).reshape(self.shape))
 
 
 class Int8Encoder(Encoder):
@@ -62,8 +65,8 @@ class Int8Encoder(Encoder):
         self.per_channel = per_channel
         self.level = level
 
-    def encode(self, data: torch.Tensor) -> bytes:
-        x = data.detach().to("cpu", torch.float32).numpy()
+    def encode(self, data: np.ndarray | torch.Tensor) -> bytes:
+        x = as_array(data).astype(np.float32, copy=False)
         rows = x.reshape(x.shape[0], -1) if self.per_channel else x.reshape(1, -1)
         lo = rows.min(axis=1)
         step = (rows.max(axis=1) - lo) / 255.0
@@ -112,4 +115,4 @@ class Int8Decoder(Decoder):
             raise CodecError(f"int8: compressed data does not hold exactly {n} codes for {list(self.shape)}")
         q = np.frombuffer(codes, dtype=np.uint8).astype(np.float32).reshape(rows, -1)
         x = q * scales[:, 1:2] + scales[:, 0:1]
-        return torch.from_numpy(_finite(x, self.codec_id).reshape(self.shape))
+        return to_tensor(_finite(x, self.codec_id).reshape(self.shape))

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from splitserve.models.bundle import DEVICE_FILES, MANIFEST, Bundle, BundleError
+from splitserve.models.manifest import MANIFEST, BundleError, BundleManifest, is_device_file
 from splitserve.models.zoo import find_bundle
 from splitserve.proto import edge_inference_pb2 as pb
 from splitserve.proto import edge_inference_pb2_grpc as pb_grpc
@@ -51,7 +51,7 @@ def cache_path(name: str, version: str) -> Path:
     return dest
 
 
-async def fetch_head(stub: pb_grpc.EdgeInferenceStub, name: str, version: str = "", metadata=()) -> Bundle:
+async def fetch_head(stub: pb_grpc.EdgeInferenceStub, name: str, version: str = "", metadata=()) -> BundleManifest:
     """Download a model's device files with GetHead (skipped when the cache already holds them).
 
     The server's answer is checked before it touches the disk: the model it names must be the one
@@ -66,7 +66,7 @@ async def fetch_head(stub: pb_grpc.EdgeInferenceStub, name: str, version: str = 
     dest = cache_path(manifest.name, manifest.version)
     if (dest / MANIFEST).is_file():
         try:
-            cached = Bundle.load(dest, verify="device")
+            cached = BundleManifest.load(dest, verify="device")
             if cached.sha256 == manifest.bundle_sha256:
                 return cached
         except BundleError:
@@ -78,7 +78,7 @@ async def fetch_head(stub: pb_grpc.EdgeInferenceStub, name: str, version: str = 
         async for chunk in stub.GetHead(
             pb.GetHeadRequest(name=manifest.name, version=manifest.version), metadata=metadata
         ):
-            if chunk.path not in DEVICE_FILES:
+            if not is_device_file(chunk.path):
                 raise BundleError(f"GetHead sent a file a device does not hold: {chunk.path[:80]!r}; refused")
             h = hashes.setdefault(chunk.path, hashlib.sha256())
             with open(tmp / chunk.path, "ab") as f:
@@ -88,7 +88,7 @@ async def fetch_head(stub: pb_grpc.EdgeInferenceStub, name: str, version: str = 
                 raise BundleError(f"GetHead: {chunk.path} arrived corrupted (sha256 mismatch)")
         if MANIFEST not in hashes or hashes[MANIFEST].hexdigest() != manifest.bundle_sha256:
             raise BundleError("GetHead: the manifest does not match the server's bundle sha256")
-        Bundle.load(tmp, verify="device")
+        BundleManifest.load(tmp, verify="device")
         if dest.exists():
             shutil.rmtree(dest)
         tmp.replace(dest)
@@ -96,20 +96,20 @@ async def fetch_head(stub: pb_grpc.EdgeInferenceStub, name: str, version: str = 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("fetched %s:%s head from the server into %s", manifest.name, manifest.version, dest)
-    return Bundle.load(dest, verify="device")
+    return BundleManifest.load(dest, verify="device")
 
 
-def local_bundle(model: str, version: str = "") -> Bundle | None:
+def local_bundle(model: str, version: str = "") -> BundleManifest | None:
     """The bundle for ``model`` on this device (a bundled model or a bundle directory), if any."""
     p = Path(model)
     if (p / MANIFEST).is_file():
-        return Bundle.load(p)
+        return BundleManifest.load(p)
     try:
-        return Bundle.load(find_bundle(model, version or None))
+        return BundleManifest.load(find_bundle(model, version or None))
     except BundleError:
         pass
     if version and SAFE_NAME.fullmatch(model) and SAFE_NAME.fullmatch(version):
         cached = cache_path(model, version)
         if (cached / MANIFEST).is_file():
-            return Bundle.load(cached, verify="device")
+            return BundleManifest.load(cached, verify="device")
     return None

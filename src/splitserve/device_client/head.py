@@ -1,19 +1,26 @@
 """The device half: camera frame -> head at a width -> codec -> payload.
 
 Switching width is just a different argument on the next frame: every width's
-weights are the same tensors, nothing is reloaded.
+weights are the same tensors, nothing is reloaded. The head itself runs in a
+runtime (torch, or onnxruntime on a device without torch; see ``runtimes``): the
+codec codes what either computes into the same bytes.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from splitserve.codecs import IMAGE_CODECS
-from splitserve.models.bundle import Bundle
+from splitserve.codecs.base import as_array
+from splitserve.device_client.runtimes import make_runtime
+from splitserve.models.manifest import BundleManifest
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -26,33 +33,33 @@ class EncodedFrame:
 
 
 class HeadRunner:
-    """Runs a bundle's device side. Not thread-safe: one runner per device thread."""
+    """Runs a bundle's device side. Not thread-safe: one runner per device thread.
 
-    def __init__(self, bundle: Bundle, threads: int | None = None) -> None:
-        self.bundle = bundle
-        if threads:
-            torch.set_num_threads(threads)
-        self.pre = bundle.preprocess()
-        self._image_quality: dict[str, int] = {}
+    ``runtime``: torch | onnx | auto (torch where installed). ``bundle`` afterwards is the
+    runtime's: the full torch ``Bundle`` with the torch runtime.
+    """
 
-    def check_image(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
-        frame = torch.as_tensor(image)
+    def __init__(self, bundle: BundleManifest, threads: int | None = None, runtime: str = "auto") -> None:
+        self.runtime = make_runtime(runtime, bundle, threads)
+        self.bundle: Any = self.runtime.bundle
+
+    def check_image(self, image: np.ndarray | torch.Tensor) -> np.ndarray:
+        frame = as_array(image)
         expected = self.bundle.input.image_shape
-        if frame.dim() == 2 and expected[2] == 1:
-            frame = frame.unsqueeze(-1)
-        if tuple(frame.shape) != expected or frame.dtype != torch.uint8:
+        if frame.ndim == 2 and expected[2] == 1:
+            frame = frame[..., None]
+        if tuple(frame.shape) != expected or frame.dtype != np.uint8:
             raise ValueError(
                 f"{self.bundle.name} takes uint8 frames of shape {list(expected)} (H, W, C); "
                 f"got {frame.dtype} {list(frame.shape)}"
             )
         return frame
 
-    @torch.inference_mode()
     def encode(self, image: np.ndarray | torch.Tensor, codec: str = "entropic", width: int = -1, quality: int = 75):
         """One frame -> EncodedFrame. ``width`` -1 means the widest."""
         frame = self.check_image(image)
         if codec == "entropic":
-            width = self.bundle.student.widths - 1 if width < 0 else width
+            width = self.bundle.width_count - 1 if width < 0 else width
             self.bundle.check_width(width)
         else:
             width = 0
@@ -60,16 +67,15 @@ class HeadRunner:
         if codec in IMAGE_CODECS:
             payload = self.bundle.encoder_for(codec, quality=quality).encode(frame)
         else:
-            stage = self.bundle.device_stage(codec, width)
-            features = stage(self.pre(frame.unsqueeze(0)))[0]
+            features = self.runtime.features(frame, codec, width)
             payload = self.bundle.encoder_for(codec, width).encode(features)
         head_ms = (time.perf_counter() - t0) * 1e3
         return EncodedFrame(codec, width, payload, self.bundle.payload_shape(codec, width), head_ms)
 
-    @torch.inference_mode()
-    def local(self, image: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, float]:
+    def local(self, image: np.ndarray | torch.Tensor) -> tuple[np.ndarray, float]:
         """Local-only inference with the whole model: (softmax scores, compute ms)."""
         frame = self.check_image(image)
         t0 = time.perf_counter()
-        logits = self.bundle.local_model()(frame.unsqueeze(0))[0]
-        return torch.softmax(logits, 0), (time.perf_counter() - t0) * 1e3
+        logits = self.runtime.logits(frame).astype(np.float64)
+        scores = np.exp(logits - logits.max())
+        return (scores / scores.sum()).astype(np.float32), (time.perf_counter() - t0) * 1e3

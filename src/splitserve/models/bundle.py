@@ -15,11 +15,8 @@ Both ends build the network halves from a bundle the same way:
 
 from __future__ import annotations
 
-import hashlib
 import json
-import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,40 +24,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from splitserve.codecs import FEATURE_CODECS, IMAGE_CODECS, Decoder, Encoder, get_decoder, get_encoder
+from splitserve.codecs import FEATURE_CODECS, IMAGE_CODECS
 from splitserve.codecs.entropic import EntropyTables
 from splitserve.models.backbones import build_teacher, load_state_dict, resolve_weights, sha256_file, split_model
 from splitserve.models.bottleneck import BottleneckDecoder, FixedWidthEncoder, SlimmableEncoder, StudentConfig
 from splitserve.models.layers import freeze_gdn
-
-MANIFEST = "manifest.json"
-FORMAT = 1
-HEAD_FILE = "head.pt"
-ENTROPY_FILE = "entropy.npz"
-TAIL_FILE = "tail.pt"
-TEACHER_FILE = "teacher.pt"
-# What a device needs to run every strategy it can choose (GetHead streams these).
-DEVICE_FILES = (MANIFEST, HEAD_FILE, ENTROPY_FILE, TEACHER_FILE)
-_REQUIRED_KEYS = ("format", "name", "version", "input", "labels", "teacher", "student", "widths", "files")
-
-
-class BundleError(ValueError):
-    """A bundle is missing, malformed or tampered with; the message names the file and the fix."""
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What the head eats: (C, H, W) float images normalized with mean / std per channel."""
-
-    shape: tuple[int, int, int]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """The uint8 (H, W, C) camera frame this spec is fed from."""
-        c, h, w = self.shape
-        return (h, w, c)
+from splitserve.models.manifest import (  # noqa: F401  (re-exported: bundle files and errors live here too)
+    DEVICE_FILES,
+    ENTROPY_FILE,
+    FORMAT,
+    HEAD_FILE,
+    MANIFEST,
+    TAIL_FILE,
+    TEACHER_FILE,
+    BundleError,
+    BundleManifest,
+    InputSpec,
+)
 
 
 class Preprocess(nn.Module):
@@ -100,117 +80,30 @@ class _DecodeTail(nn.Module):
         return self.tail(self.decoder(y_hat, self.width))
 
 
-def _read_manifest(path: Path) -> tuple[dict[str, Any], str]:
-    mf = path / MANIFEST
-    if not mf.is_file():
-        raise BundleError(f"{path}: no {MANIFEST}; a bundle directory is <name>/<version>/ with a manifest")
-    raw = mf.read_bytes()
-    try:
-        manifest = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{mf}: not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict):
-        raise BundleError(f"{mf}: expected a JSON object")
-    missing = [k for k in _REQUIRED_KEYS if k not in manifest]
-    if missing:
-        raise BundleError(f"{mf}: missing keys {missing}")
-    if manifest["format"] != FORMAT:
-        raise BundleError(f"{mf}: bundle format {manifest['format']!r}; this splitserve reads format {FORMAT}")
-    return manifest, hashlib.sha256(raw).hexdigest()
-
-
-class Bundle:
+class Bundle(BundleManifest):
     """A loaded (and by default verified) split-model bundle. Parts are built lazily and cached."""
 
     def __init__(self, path: Path, manifest: dict[str, Any], sha256: str) -> None:
-        self.path = path
-        self.manifest = manifest
-        self.sha256 = sha256
-        self._lock = threading.RLock()
-        self._cache: dict[Any, Any] = {}
+        super().__init__(path, manifest, sha256)
         try:
-            inp = manifest["input"]
-            self.input = InputSpec(
-                shape=tuple(int(s) for s in inp["shape"]),  # type: ignore[arg-type]
-                mean=tuple(float(m) for m in inp["mean"]),
-                std=tuple(float(s) for s in inp["std"]),
-            )
             self.student = StudentConfig.from_dict(manifest["student"])
-            self.labels: list[str] = [str(x) for x in manifest["labels"]]
-            self.teacher_spec: dict[str, Any] = dict(manifest["teacher"])
-            self.feature_shape = tuple(int(s) for s in self.teacher_spec["feature_shape"])
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{path / MANIFEST}: malformed ({type(exc).__name__}: {exc})") from None
-        if len(self.input.shape) != 3:
-            raise BundleError(f"{path / MANIFEST}: input shape must be (C, H, W)")
 
-    # -- loading -----------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path, verify: bool | str = True) -> Bundle:
-        """``verify``: True checks every file; "device" only what a device holds (see DEVICE_FILES)."""
-        path = Path(path)
-        manifest, sha = _read_manifest(path)
-        bundle = cls(path, manifest, sha)
-        if verify == "device":
-            bundle.verify(bundle.device_files())
-        elif verify:
-            bundle.verify()
-        return bundle
-
-    def verify(self, files: Sequence[str] | None = None) -> None:
-        """Check each listed file's sha256 (all of them unless ``files`` narrows it)."""
-        listed = self.manifest["files"]
-        for name in files if files is not None else listed:
-            if name == MANIFEST:
-                continue
-            info = listed.get(name)
-            if info is None:
-                raise BundleError(f"{self.path}: {name} is not listed in the manifest")
-            fp = self.path / name
-            if not fp.is_file():
-                raise BundleError(f"{self.path}: {name} is missing (the bundle is incomplete)")
-            digest = sha256_file(fp)
-            if digest != info["sha256"]:
-                raise BundleError(
-                    f"{fp}: sha256 {digest[:16]}... does not match the manifest's {info['sha256'][:16]}... "
-                    "(the file was modified or corrupted; re-export or re-download the bundle)"
-                )
-
-    # -- identity ----------------------------------------------------------
-    @property
-    def name(self) -> str:
-        return str(self.manifest["name"])
-
-    @property
-    def version(self) -> str:
-        return str(self.manifest["version"])
-
-    @property
-    def widths(self) -> list[dict[str, Any]]:
-        return list(self.manifest["widths"])
-
-    @property
-    def codecs(self) -> list[str]:
-        return list(self.manifest.get("codecs", ["entropic"]))
-
-    def has_file(self, name: str) -> bool:
-        return name in self.manifest["files"]
-
-    def device_files(self) -> list[str]:
-        return [f for f in DEVICE_FILES if f == MANIFEST or self.has_file(f)]
-
-    def __repr__(self) -> str:
-        return f"Bundle({self.name}:{self.version} at {self.path})"
+    def of(cls, manifest: BundleManifest) -> Bundle:
+        """The full bundle behind a manifest already loaded (and verified): adds the networks."""
+        return manifest if isinstance(manifest, cls) else cls(manifest.path, manifest.manifest, manifest.sha256)
 
     # -- parts -------------------------------------------------------------
     def _cached(self, key: Any, build: Callable[[], Any]) -> Any:
-        with self._lock:
-            if key not in self._cache:
-                part = build()
-                if isinstance(part, nn.Module):
-                    part.requires_grad_(False)  # bundles serve inference only
-                self._cache[key] = part
-            return self._cache[key]
+        def frozen() -> Any:
+            part = build()
+            if isinstance(part, nn.Module):
+                part.requires_grad_(False)  # bundles serve inference only
+            return part
+
+        return super()._cached(key, frozen)
 
     def _state(self, name: str) -> dict[str, torch.Tensor]:
         if not self.has_file(name):
@@ -228,23 +121,6 @@ class Bundle:
             return freeze_gdn(enc).eval()
 
         return self._cached("encoder", build)
-
-    def entropy_tables(self, width: int) -> EntropyTables:
-        self.check_width(width)
-
-        def build() -> list[EntropyTables]:
-            with np.load(self.path / ENTROPY_FILE, allow_pickle=False) as arrays:
-                return [EntropyTables.from_arrays(arrays, f"w{i}_") for i in range(self.student.widths)]
-
-        return self._cached("tables", build)[width]
-
-    def latent_shape(self, width: int) -> tuple[int, int, int]:
-        self.check_width(width)
-        return tuple(int(s) for s in self.widths[width]["latent_shape"])  # type: ignore[return-value]
-
-    def check_width(self, width: int) -> None:
-        if not 0 <= width < self.student.widths:
-            raise ValueError(f"{self.name}: width {width} does not exist (widths 0..{self.student.widths - 1})")
 
     def teacher(self) -> nn.Module:
         def build() -> nn.Module:
@@ -282,16 +158,6 @@ class Bundle:
         return self._cached("preprocess", lambda: Preprocess(self.input))
 
     # -- the two halves, per codec and width -------------------------------
-    def payload_shape(self, codec: str, width: int = 0) -> tuple[int, ...]:
-        """The shape a frame of this codec (and width) declares."""
-        if codec == "entropic":
-            return self.latent_shape(width)
-        if codec in FEATURE_CODECS:
-            return self.feature_shape
-        if codec in IMAGE_CODECS:
-            return self.input.image_shape
-        raise ValueError(f"{self.name}: codec {codec!r} is not served; codecs: {', '.join(self.codecs)}")
-
     def device_stage(self, codec: str, width: int = 0) -> nn.Module:
         """Device side: preprocessed input (B, C, H, W) -> the tensor the codec encodes.
 
@@ -322,24 +188,6 @@ class Bundle:
     def local_model(self) -> nn.Module:
         """Local-only inference on the device: uint8 frames -> logits with the whole teacher."""
         return self._cached("local", lambda: _Chain(self.preprocess(), self.teacher()).eval())
-
-    def encoder_for(self, codec: str, width: int = 0, **params: Any) -> Encoder:
-        if codec == "entropic":
-            return self._cached(
-                ("enc", width),
-                lambda: get_encoder("entropic", tables=self.entropy_tables(width), shape=self.latent_shape(width)),
-            )
-        return get_encoder(codec, **params)
-
-    def decoder_for(self, codec: str, width: int = 0) -> Decoder:
-        if codec not in self.codecs:
-            raise ValueError(f"{self.name}: codec {codec!r} is not served; codecs: {', '.join(self.codecs)}")
-        shape = self.payload_shape(codec, width)
-        if codec == "entropic":
-            return self._cached(
-                ("dec", width), lambda: get_decoder("entropic", tables=self.entropy_tables(width), shape=shape)
-            )
-        return self._cached(("dec", codec), lambda: get_decoder(codec, shape=shape))
 
 
 def write_bundle(
