@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
-import zstandard
 
 from splitserve.codecs.base import CodecError, Decoder, Encoder, as_array, numel, to_tensor
 
@@ -28,6 +27,16 @@ if TYPE_CHECKING:
 
 _COMPRESSORS = {"zlib": 0, "zstd": 1}
 _VERSION = 1
+
+
+def _zstd():  # type: ignore[no-untyped-def]
+    """zstandard, imported on first use: only the int8 codec's zstd mode needs it, and a device
+    install (splitserve[device], which runs the entropic head) leaves its 24 MB out."""
+    try:
+        import zstandard
+    except ModuleNotFoundError:
+        raise CodecError("int8: the zstd compressor needs zstandard: pip install 'splitserve[server]'") from None
+    return zstandard
 
 
 def _finite(x: np.ndarray, codec_id: str) -> np.ndarray:
@@ -75,7 +84,7 @@ class Int8Encoder(Encoder):
         if self.compressor == "zlib":
             body = zlib.compress(codes.tobytes(), 9 if self.level is None else self.level)
         else:
-            body = zstandard.ZstdCompressor(level=12 if self.level is None else self.level).compress(codes.tobytes())
+            body = _zstd().ZstdCompressor(level=12 if self.level is None else self.level).compress(codes.tobytes())
         flags = int(self.per_channel) | (_COMPRESSORS[self.compressor] << 4)
         scales = np.stack([lo, step], axis=1).astype("<f4").tobytes()
         return struct.pack("<BB", _VERSION, flags) + scales + body
@@ -100,16 +109,17 @@ class Int8Decoder(Decoder):
         scales = np.frombuffer(payload, dtype="<f4", count=2 * rows, offset=2).reshape(rows, 2)
         _finite(scales, self.codec_id)
         body = payload[header:]
+        zstd_error = _zstd().ZstdError if compressor else zlib.error
         try:
             if compressor == 0:
                 d = zlib.decompressobj()
                 codes = d.decompress(body, n + 1)  # bounded: never inflates past what the shape needs
                 complete = d.eof and not d.unconsumed_tail and not d.unused_data
             else:
-                with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body)) as reader:
+                with _zstd().ZstdDecompressor().stream_reader(io.BytesIO(body)) as reader:
                     codes = reader.read(n + 1)  # bounded, as for zlib
                     complete = len(codes) == n and reader.read(1) == b""
-        except (zlib.error, zstandard.ZstdError) as exc:
+        except (zlib.error, zstd_error) as exc:
             raise CodecError(f"int8: corrupt compressed data ({exc})") from None
         if len(codes) != n or not complete:
             raise CodecError(f"int8: compressed data does not hold exactly {n} codes for {list(self.shape)}")
