@@ -4,7 +4,8 @@ import shutil
 import pytest
 import torch
 
-from splitserve.models import Bundle, BundleError, find_bundle, list_models, load
+from splitserve.models import BundleError, find_bundle, list_models, load
+from splitserve.models.bundle import Bundle
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import torch
 from conftest import BIN
 
 from splitserve.data.samples import load_sample
-from splitserve.models import Bundle
+from splitserve.models.bundle import Bundle
 from splitserve.training.config import ConfigError, load_config, parse_config
 from splitserve.training.recipe import train
 

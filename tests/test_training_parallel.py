@@ -6,7 +6,7 @@ import torch
 from conftest import BIN
 from test_training import SMOKE
 
-from splitserve.models import Bundle
+from splitserve.models.bundle import Bundle
 from splitserve.training.parallel import Sharded, World
 
 

@@ -5,6 +5,7 @@ splitserve train --config configs/fmnist-split.toml # make a bundle
 torchrun --nproc-per-node 2 -m splitserve.cli train --config ...  # data-parallel, one or many machines
 splitserve eval --model fmnist-split --json out.json --plot out.png
 splitserve export --model fmnist-split --width 0 --format onnx --out heads/
+splitserve export --model fmnist-split --format onnx --into-bundle  # every width, for --runtime onnx
 """
 
 from __future__ import annotations
@@ -253,10 +254,22 @@ def plot_rate_accuracy(report: dict, path: Path) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from splitserve.models.export import export_head
+    from splitserve.models.export import export_head, export_into_bundle
     from splitserve.models.zoo import load
 
     bundle = load(args.model)
+    if args.into_bundle:
+        if args.format != "onnx":
+            print("splitserve export: --into-bundle writes ONNX heads; drop --format torchscript", file=sys.stderr)
+            return 2
+        bundle = export_into_bundle(bundle)
+        for name in bundle.device_files():
+            if name.endswith(".onnx"):
+                print(bundle.path / name)
+        return 0
+    if not args.out:
+        print("splitserve export: give --out DIR, or --into-bundle", file=sys.stderr)
+        return 2
     width = bundle.student.widths - 1 if args.width < 0 else args.width
     try:
         for path in export_head(bundle, width, args.format, Path(args.out)):
@@ -315,7 +328,10 @@ def main(argv: list[str] | None = None) -> int:
     x.add_argument("--model", required=True)
     x.add_argument("--width", type=int, default=-1, help="width index (default: widest)")
     x.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
-    x.add_argument("--out", required=True, help="output directory")
+    x.add_argument("--out", help="output directory")
+    x.add_argument("--into-bundle", action="store_true",
+                   help="write the ONNX heads of every width (and the teacher) into the bundle and its manifest, "
+                   "for device-client --runtime onnx")  # fmt: skip
     x.set_defaults(func=cmd_export)
 
     args = p.parse_args(argv)

@@ -12,9 +12,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import torch
+import numpy as np
+
+if TYPE_CHECKING:  # the codecs run without torch on a device; the server hands and gets tensors
+    import torch
 
 
 class CodecError(ValueError):
@@ -60,9 +63,9 @@ class PayloadKind(Enum):
         return self is PayloadKind.IMAGE
 
     @property
-    def dtype(self) -> torch.dtype:
+    def dtype(self) -> np.dtype:
         """The dtype a decoder returns: uint8 pixels for images, float features otherwise."""
-        return torch.uint8 if self is PayloadKind.IMAGE else torch.float32
+        return np.dtype(np.uint8 if self is PayloadKind.IMAGE else np.float32)
 
     def payload_shape(self, source: ShapeSource, width: int = 0) -> tuple[int, ...]:
         """The shape a frame of this kind declares for a model (and width, for latents)."""
@@ -98,8 +101,8 @@ class Encoder(ABC):
     kind: PayloadKind
 
     @abstractmethod
-    def encode(self, data: torch.Tensor) -> bytes:
-        """Encode one tensor (no batch dimension) into payload bytes."""
+    def encode(self, data: np.ndarray | torch.Tensor) -> bytes:
+        """Encode one array or tensor (no batch dimension) into payload bytes."""
 
 
 class Decoder(ABC):
@@ -121,6 +124,24 @@ class Decoder(ABC):
                 f"{list(self.shape)} for this codec and width"
             )
         return declared
+
+
+def as_array(data: Any) -> np.ndarray:
+    """What an encoder codes: a numpy array, from an array or a torch tensor on any device."""
+    if hasattr(data, "detach"):  # a torch tensor; asking it keeps torch out of a device's imports
+        data = data.detach().cpu().numpy()
+    return np.asarray(data)
+
+
+def to_tensor(array: np.ndarray) -> torch.Tensor:
+    """A decoded payload as the torch tensor the server's tail takes.
+
+    torch is imported here, not at the top: decoding happens on the server (which has torch),
+    and a device without torch must still be able to import the codecs to encode.
+    """
+    import torch
+
+    return torch.from_numpy(array)
 
 
 def numel(shape: Sequence[int]) -> int:

@@ -23,12 +23,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import constriction
 import numpy as np
-import torch
 
-from splitserve.codecs.base import CodecError, Decoder, Encoder, PayloadKind, numel
+from splitserve.codecs.base import CodecError, Decoder, Encoder, PayloadKind, as_array, numel, to_tensor
+
+if TYPE_CHECKING:  # a device codes numpy arrays without torch; training and the server pass tensors
+    import torch
 
 _Categorical = constriction.stream.model.Categorical
 _AnsCoder = constriction.stream.stack.AnsCoder
@@ -98,6 +101,8 @@ class EntropyTables:
 
         Bit-identical to encoding then decoding, without the coder (for training and evaluation).
         """
+        import torch  # training and evaluation only: devices never call this
+
         lows = torch.from_numpy((self.medians + self.offsets).astype(np.float32)).to(y.device).view(1, -1, 1, 1)
         top = torch.tensor([len(f) - 1 for f in self.freqs], dtype=y.dtype, device=y.device).view(1, -1, 1, 1)
         sym = torch.round(y.float() - lows).clamp_(min=0).minimum(top)
@@ -150,16 +155,16 @@ class EntropicEncoder(Encoder):
         self.shape = _latent_shape(tables, shape)
         self._m = _Models(tables)
 
-    def quantize(self, y: torch.Tensor) -> np.ndarray:
-        """Symbol indices (C, H*W) for features y (C, H, W)."""
+    def quantize(self, y: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Symbol indices (C, H*W) for features y (C, H, W), an array or a tensor."""
         if tuple(y.shape) != self.shape:
             raise CodecError(f"entropic: features have shape {list(y.shape)}, expected {list(self.shape)}")
-        x = y.detach().to("cpu", torch.float32).reshape(self.shape[0], -1).numpy()
+        x = as_array(y).astype(np.float32, copy=False).reshape(self.shape[0], -1)
         sym = np.rint(x - self._m.lows[:, None]).astype(np.int64)
         np.clip(sym, 0, self._m.max_index[:, None], out=sym)
         return sym.astype(np.int32)
 
-    def encode(self, data: torch.Tensor) -> bytes:
+    def encode(self, data: np.ndarray | torch.Tensor) -> bytes:
         sym = self.quantize(data)
         coder = _AnsCoder()
         for c in range(sym.shape[0] - 1, -1, -1):  # a stack: encode in reverse of decoding order
@@ -168,7 +173,7 @@ class EntropicEncoder(Encoder):
 
     def dequantize(self, sym: np.ndarray) -> torch.Tensor:
         y = sym.astype(np.float32) + self._m.lows[:, None]
-        return torch.from_numpy(y.reshape(self.shape))
+        return to_tensor(y.reshape(self.shape))
 
 
 class EntropicDecoder(Decoder):
@@ -198,4 +203,4 @@ class EntropicDecoder(Decoder):
         if not consumed:
             raise CodecError("entropic: corrupt payload (the stream does not end where the features do)")
         y = sym.astype(np.float32) + self._m.lows[:, None]
-        return torch.from_numpy(y.reshape(self.shape))
+        return to_tensor(y.reshape(self.shape))

@@ -9,12 +9,15 @@ import io
 import threading
 import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
-from splitserve.codecs.base import CodecError, Decoder, Encoder, PayloadKind
+from splitserve.codecs.base import CodecError, Decoder, Encoder, PayloadKind, as_array, to_tensor
+
+if TYPE_CHECKING:
+    import torch
 
 _MODES = {1: "L", 3: "RGB"}
 # warnings.catch_warnings swaps process-wide state: decoder threads take turns around Image.open
@@ -41,8 +44,8 @@ class _ImageEncoder(Encoder):
     def save_options(self) -> dict:
         return {"quality": self.quality}
 
-    def encode(self, data: torch.Tensor) -> bytes:
-        arr = data.detach().to("cpu").numpy()
+    def encode(self, data: np.ndarray | torch.Tensor) -> bytes:
+        arr = as_array(data)
         if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] not in _MODES:
             raise CodecError(f"{self.codec_id}: expects a uint8 (H, W, 1|3) image, got {arr.dtype} {arr.shape}")
         img = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr, _MODES[arr.shape[2]])
@@ -76,7 +79,7 @@ class _ImageDecoder(Decoder):
             raise CodecError(f"{self.codec_id}: the image header claims a huge size; expected {w}x{h}") from None
         except (OSError, ValueError, SyntaxError, EOFError) as exc:
             raise CodecError(f"{self.codec_id}: cannot decode image ({exc})") from None
-        return torch.from_numpy(arr.reshape(h, w, c).copy())
+        return to_tensor(arr.reshape(h, w, c).copy())
 
 
 class JpegEncoder(_ImageEncoder):

@@ -16,15 +16,27 @@ import io
 import struct
 import zlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import zstandard
 
-from splitserve.codecs.base import CodecError, Decoder, Encoder, PayloadKind, numel
+from splitserve.codecs.base import CodecError, Decoder, Encoder, PayloadKind, as_array, numel, to_tensor
+
+if TYPE_CHECKING:
+    import torch
 
 _COMPRESSORS = {"zlib": 0, "zstd": 1}
 _VERSION = 1
+
+
+def _zstd():  # type: ignore[no-untyped-def]
+    """zstandard, imported on first use: only the int8 codec's zstd mode needs it, and a device
+    install (splitserve[device], which runs the entropic head) leaves its 24 MB out."""
+    try:
+        import zstandard
+    except ModuleNotFoundError:
+        raise CodecError("int8: the zstd compressor needs zstandard: pip install 'splitserve[server]'") from None
+    return zstandard
 
 
 def _finite(x: np.ndarray, codec_id: str) -> np.ndarray:
@@ -37,8 +49,8 @@ class Fp16Encoder(Encoder):
     codec_id = "fp16"
     kind = PayloadKind.FEATURES
 
-    def encode(self, data: torch.Tensor) -> bytes:
-        return data.detach().to("cpu", torch.float16).contiguous().numpy().astype("<f2").tobytes()
+    def encode(self, data: np.ndarray | torch.Tensor) -> bytes:
+        return np.ascontiguousarray(as_array(data).astype("<f2")).tobytes()
 
 
 class Fp16Decoder(Decoder):
@@ -51,7 +63,7 @@ class Fp16Decoder(Decoder):
         if len(payload) != 2 * n:
             raise CodecError(f"fp16: payload is {len(payload)} bytes, {list(self.shape)} needs {2 * n}")
         x = np.frombuffer(payload, dtype="<f2").astype(np.float32)
-        return torch.from_numpy(_finite(x, self.codec_id).reshape(self.shape))
+        return to_tensor(_finite(x, self.codec_id).reshape(self.shape))
 
 
 class Int8Encoder(Encoder):
@@ -65,8 +77,8 @@ class Int8Encoder(Encoder):
         self.per_channel = per_channel
         self.level = level
 
-    def encode(self, data: torch.Tensor) -> bytes:
-        x = data.detach().to("cpu", torch.float32).numpy()
+    def encode(self, data: np.ndarray | torch.Tensor) -> bytes:
+        x = as_array(data).astype(np.float32, copy=False)
         rows = x.reshape(x.shape[0], -1) if self.per_channel else x.reshape(1, -1)
         lo = rows.min(axis=1)
         step = (rows.max(axis=1) - lo) / 255.0
@@ -75,7 +87,7 @@ class Int8Encoder(Encoder):
         if self.compressor == "zlib":
             body = zlib.compress(codes.tobytes(), 9 if self.level is None else self.level)
         else:
-            body = zstandard.ZstdCompressor(level=12 if self.level is None else self.level).compress(codes.tobytes())
+            body = _zstd().ZstdCompressor(level=12 if self.level is None else self.level).compress(codes.tobytes())
         flags = int(self.per_channel) | (_COMPRESSORS[self.compressor] << 4)
         scales = np.stack([lo, step], axis=1).astype("<f4").tobytes()
         return struct.pack("<BB", _VERSION, flags) + scales + body
@@ -101,19 +113,20 @@ class Int8Decoder(Decoder):
         scales = np.frombuffer(payload, dtype="<f4", count=2 * rows, offset=2).reshape(rows, 2)
         _finite(scales, self.codec_id)
         body = payload[header:]
+        zstd_error = _zstd().ZstdError if compressor else zlib.error
         try:
             if compressor == 0:
                 d = zlib.decompressobj()
                 codes = d.decompress(body, n + 1)  # bounded: never inflates past what the shape needs
                 complete = d.eof and not d.unconsumed_tail and not d.unused_data
             else:
-                with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body)) as reader:
+                with _zstd().ZstdDecompressor().stream_reader(io.BytesIO(body)) as reader:
                     codes = reader.read(n + 1)  # bounded, as for zlib
                     complete = len(codes) == n and reader.read(1) == b""
-        except (zlib.error, zstandard.ZstdError) as exc:
+        except (zlib.error, zstd_error) as exc:
             raise CodecError(f"int8: corrupt compressed data ({exc})") from None
         if len(codes) != n or not complete:
             raise CodecError(f"int8: compressed data does not hold exactly {n} codes for {list(self.shape)}")
         q = np.frombuffer(codes, dtype=np.uint8).astype(np.float32).reshape(rows, -1)
         x = q * scales[:, 1:2] + scales[:, 0:1]
-        return torch.from_numpy(_finite(x, self.codec_id).reshape(self.shape))
+        return to_tensor(_finite(x, self.codec_id).reshape(self.shape))

@@ -15,7 +15,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from splitserve.models.bundle import DEVICE_FILES, MANIFEST, Bundle, BundleError
+from splitserve.models.coding import CodingBundle
+from splitserve.models.manifest import MANIFEST, BundleError, is_device_file
 from splitserve.models.zoo import find_bundle
 from splitserve.proto import edge_inference_pb2 as pb
 from splitserve.proto import edge_inference_pb2_grpc as pb_grpc
@@ -53,9 +54,9 @@ def cache_path(name: str, version: str) -> Path:
 
 async def fetch_device_files(
     stub: pb_grpc.EdgeInferenceStub, name: str, version: str = "", metadata=()
-) -> Bundle:
-    """Download a model's device files (head, entropy tables and, when shipped, the teacher for local
-    inference) with GetHead; skipped when the cache already holds them.
+) -> CodingBundle:
+    """Download a model's device files (head, entropy tables, exported ONNX heads and, when shipped,
+    the teacher for local inference) with GetHead; skipped when the cache already holds them.
 
     The server's answer is checked before it touches the disk: the model it names must be the one
     asked for, and its name and version must be plain names, so every path stays inside the cache.
@@ -69,7 +70,7 @@ async def fetch_device_files(
     dest = cache_path(manifest.name, manifest.version)
     if (dest / MANIFEST).is_file():
         try:
-            cached = Bundle.load(dest, verify="device")
+            cached = CodingBundle.load(dest, verify="device")
             if cached.sha256 == manifest.bundle_sha256:
                 return cached
             log.info("cached %s:%s differs from the server's bundle; downloading it again", name, manifest.version)
@@ -82,7 +83,7 @@ async def fetch_device_files(
         async for chunk in stub.GetHead(
             pb.GetHeadRequest(name=manifest.name, version=manifest.version), metadata=metadata
         ):
-            if chunk.path not in DEVICE_FILES:
+            if not is_device_file(chunk.path):
                 raise BundleError(f"GetHead sent a file a device does not hold: {chunk.path[:80]!r}; refused")
             h = hashes.setdefault(chunk.path, hashlib.sha256())
             with open(tmp / chunk.path, "ab") as f:
@@ -92,7 +93,7 @@ async def fetch_device_files(
                 raise BundleError(f"GetHead: {chunk.path} arrived corrupted (sha256 mismatch)")
         if MANIFEST not in hashes or hashes[MANIFEST].hexdigest() != manifest.bundle_sha256:
             raise BundleError("GetHead: the manifest does not match the server's bundle sha256")
-        Bundle.load(tmp, verify="device")
+        CodingBundle.load(tmp, verify="device")
         if dest.exists():
             shutil.rmtree(dest)
         tmp.replace(dest)
@@ -100,22 +101,22 @@ async def fetch_device_files(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("fetched %s:%s head from the server into %s", manifest.name, manifest.version, dest)
-    return Bundle.load(dest, verify="device")
+    return CodingBundle.load(dest, verify="device")
 
 
-def local_bundle(model: str, version: str = "") -> Bundle | None:
+def local_bundle(model: str, version: str = "") -> CodingBundle | None:
     """The bundle for ``model`` on this device (a bundled model or a bundle directory), if any."""
     p = Path(model)
     if (p / MANIFEST).is_file():
-        return Bundle.load(p)
+        return CodingBundle.load(p)
     try:
         bundled = find_bundle(model, version or None)
     except BundleError:
         bundled = None  # not a bundled model: look in the cache
     if bundled is not None:
-        return Bundle.load(bundled)  # a bundled model that fails verification says so; it is not "not found"
+        return CodingBundle.load(bundled)  # a bundled model that fails verification says so; it is not "not found"
     if version and SAFE_NAME.fullmatch(model) and SAFE_NAME.fullmatch(version):
         cached = cache_path(model, version)
         if (cached / MANIFEST).is_file():
-            return Bundle.load(cached, verify="device")
+            return CodingBundle.load(cached, verify="device")
     return None

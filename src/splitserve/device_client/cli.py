@@ -47,6 +47,8 @@ def parser() -> argparse.ArgumentParser:
                    help="emulate a slower device: its compute takes this many times longer (default 1)")  # fmt: skip
     p.add_argument("--sample", default="", help="sample to draw frames from (default: the model's own)")
     p.add_argument("--fetch", action="store_true", help="download the head from the server (GetHead)")
+    p.add_argument("--runtime", default="auto", choices=("auto", "torch", "onnx"),
+                   help="head runtime: torch, or onnxruntime (no torch); auto: torch when installed")  # fmt: skip
     p.add_argument("--json", type=Path, help="write the summary as JSON here")
     p.add_argument("--records", type=Path, help="write one JSON line per frame here")
     p.add_argument("--token", default="", help="bearer token")
@@ -132,7 +134,7 @@ async def run(args: argparse.Namespace) -> int:
     client = AsyncSplitClient(
         args.server, args.model, version=args.version, channel=settings, fetch=args.fetch, codec=args.codec,
         width=args.width, policy=args.policy, deadline_ms=args.deadline_ms, image_quality=args.quality,
-        slowdown=args.slowdown, connect_timeout=args.connect_timeout,
+        slowdown=args.slowdown, connect_timeout=args.connect_timeout, runtime=args.runtime,
     )  # fmt: skip
     try:
         await client.connect()
@@ -193,6 +195,7 @@ async def run(args: argparse.Namespace) -> int:
 
     summary = summarize(predictions, labels[idx], args.deadline_ms)
     summary.update(model=f"{bundle.name}:{bundle.version}", codec=args.codec, policy=args.policy,
+                   runtime=client.head.runtime.name,  # type: ignore[union-attr]
                    width=args.width, reconnects=client.reconnects, slowdown=args.slowdown)  # fmt: skip
     summary["frames_per_s"] = n / elapsed if elapsed > 0 else 0.0
     acc = summary["accuracy"]

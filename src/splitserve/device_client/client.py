@@ -31,11 +31,10 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
-import torch
 
 from splitserve.codecs import codec_kind
 from splitserve.device_client.bandwidth import BandwidthMonitor
@@ -43,10 +42,15 @@ from splitserve.device_client.bundles import fetch_device_files, local_bundle
 from splitserve.device_client.channel import ChannelSettings, aio_channel, explain_tls_failure
 from splitserve.device_client.head import EncodedFrame, HeadRunner
 from splitserve.device_client.policy import Decision, FramePlanner, Policy, WidthCost, make_policy, manifest_accuracy
-from splitserve.models.bundle import Bundle, BundleError
+from splitserve.device_client.runtimes import RuntimeUnavailable
+from splitserve.models.coding import CodingBundle
+from splitserve.models.manifest import BundleError
 from splitserve.models.zoo import DEFAULT_MODEL
 from splitserve.proto import edge_inference_pb2 as pb
 from splitserve.proto import edge_inference_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:  # the SDK imports torch only when the torch runtime is chosen
+    import torch
 
 log = logging.getLogger("splitserve.device")
 # HTTP/2 DATA frame header + gRPC length prefix around each message
@@ -64,7 +68,7 @@ def wire_bytes(frame: pb.Frame) -> int:
     return frame.ByteSize() + GRPC_FRAMING
 
 
-def frame_overhead(bundle: Bundle, codec: str, width: int) -> int:
+def frame_overhead(bundle: CodingBundle, codec: str, width: int) -> int:
     """Bytes a Frame of this model, codec and width puts on the link besides its payload.
 
     Measured on a Frame filled as the client fills one (ids, model, bundle sha256, shape,
@@ -165,6 +169,7 @@ class AsyncSplitClient:
         top_k: int = 5,
         image_quality: int = 75,
         head_threads: int | None = None,
+        runtime: str = "auto",
         slowdown: float = 1.0,
         connect_timeout: float = 15.0,
         max_backoff_s: float = 5.0,
@@ -182,11 +187,12 @@ class AsyncSplitClient:
         self.top_k = top_k
         self.image_quality = image_quality
         self.head_threads = head_threads
+        self.runtime = runtime  # the head's: torch | onnx | auto (see device_client.runtimes)
         self.slowdown = max(1.0, float(slowdown))
         self.connect_timeout = connect_timeout
         self.max_backoff_s = max_backoff_s
         self.give_up_s = give_up_s
-        self.bundle: Bundle | None = None
+        self.bundle: Any = None  # a CodingBundle; the full torch Bundle with the torch runtime
         self.head: HeadRunner | None = None
         self.policy: Policy | None = None
         self.monitor = BandwidthMonitor()
@@ -242,8 +248,12 @@ class AsyncSplitClient:
                 raise ClientError(f"cannot fetch the head of {self.model!r}: {exc.details()}") from None
             except BundleError as exc:  # what the server sent is unsafe or corrupt: nothing was used
                 raise ClientError(f"cannot fetch the head of {self.model!r}: {exc}") from None
-        self.bundle = bundle
-        self.head = HeadRunner(bundle, self.head_threads)
+        try:
+            self.head = HeadRunner(bundle, self.head_threads, self.runtime)
+        except (RuntimeUnavailable, BundleError, ValueError) as exc:
+            await self._channel.close()
+            raise ClientError(f"cannot run the head of {bundle.name}:{bundle.version}: {exc}") from None
+        self.bundle = self.head.bundle
         self.policy = self._make_policy()
         self.planner = FramePlanner(self.policy, self.monitor) if self.policy is not None else None
         self._supervisor = asyncio.create_task(self._supervise(), name="splitclient-stream")
@@ -261,17 +271,13 @@ class AsyncSplitClient:
             )
             for i, w in enumerate(self.bundle.widths)
         ]
-        local_ms = None
-        if self.bundle.has_file("teacher.pt") or str(self.bundle.teacher_spec.get("weights", "")).startswith(
-            "package:"
-        ):
-            local_ms = self.measure_local_ms()
+        local_ms = self.measure_local_ms() if self.head.runtime.runs_locally() else None
         return make_policy(spec, costs, local_ms)
 
     def measure_local_ms(self, repeat: int = 5) -> float:
         """Local-only inference time on this device (slowdown applied), for the policy's fallback."""
         assert self.head is not None and self.bundle is not None
-        frame = torch.zeros(self.bundle.input.image_shape, dtype=torch.uint8)
+        frame = np.zeros(self.bundle.input.image_shape, dtype=np.uint8)
         self.head.infer_whole(frame)
         return float(np.median([self.head.infer_whole(frame)[1] for _ in range(repeat)])) * self.slowdown
 
@@ -558,7 +564,8 @@ class AsyncSplitClient:
         if self.slowdown > 1:
             await asyncio.sleep(ms * (self.slowdown - 1) / 1e3)
             ms *= self.slowdown
-        vals, idx = scores.topk(min(self.top_k, len(scores)))
+        idx = np.argsort(-scores, kind="stable")[: min(self.top_k, len(scores))]
+        vals = scores[idx]
         labels = self.bundle.labels
         return Prediction(
             frame_id=next(self._ids), status="OK", codec="local", device_ms=ms, local=True,
@@ -610,7 +617,7 @@ class SplitClient:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     @property
-    def bundle(self) -> Bundle:
+    def bundle(self) -> CodingBundle:
         assert self._client.bundle is not None
         return self._client.bundle
 

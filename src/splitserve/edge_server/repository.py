@@ -131,7 +131,7 @@ class ModelRepository:
                 )  # fmt: skip
                 if self.metrics is not None:
                     self.metrics.model_loaded(name, version, True)
-                    widths = [key[1:] if key.startswith("w") else key for key in served.runners]
+                    widths = [key.label for key in served.runners]
                     self.metrics.model_served(name, version, widths)
                     self.metrics.model_served(name, version, ["invalid"], ("INVALID_FRAME",))
         return loaded

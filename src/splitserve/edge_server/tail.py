@@ -11,6 +11,7 @@ from __future__ import annotations
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from splitserve.codecs import BatchKey
@@ -63,7 +64,7 @@ class TailRunner:
     def warm_up(self) -> None:
         """Run one all-zero payload tensor through, so the first real frame does not pay for set-up."""
         shape = self.key.kind.payload_shape(self.bundle, self.key.width)
-        self.run([torch.zeros(shape, dtype=self.key.kind.dtype)], 1)
+        self.run([torch.from_numpy(np.zeros(shape, dtype=self.key.kind.dtype))], 1)
 
     @torch.inference_mode()
     def run(self, inputs: list[torch.Tensor], top_k: int) -> TopK:

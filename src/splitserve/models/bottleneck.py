@@ -10,8 +10,6 @@ the split so the teacher's remaining layers (the tail) can run on it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,43 +20,8 @@ from splitserve.models.layers import (
     SlimmableConv2d,
     SlimmableGDN,
     SwitchableBatchNorm2d,
-    width_channels,
 )
-
-
-@dataclass
-class StudentConfig:
-    """Shape of an Entropic Student; stored in the bundle manifest to rebuild it."""
-
-    in_channels: int
-    # (channels at full width, kernel, stride) per encoder stage
-    stages: list[tuple[int, int, int]]
-    bottleneck: int  # bottleneck channels at full width
-    feature_channels: int  # the teacher's channels at the split, restored by the decoder
-    fractions: list[float] = field(default_factory=lambda: [1.0])
-    decoder_hidden: int = 64
-    # Optional: the teacher's own first layers, up to and including this one, run
-    # (frozen) before the slimmable stages; ``in_channels`` is then their output's.
-    # Lets a large pretrained teacher's student converge on little data and compute.
-    prefix: str = ""
-
-    @classmethod
-    def from_dict(cls, d: dict) -> StudentConfig:
-        d = dict(d)
-        d["stages"] = [tuple(s) for s in d["stages"]]
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["stages"] = [list(s) for s in self.stages]
-        return d
-
-    @property
-    def widths(self) -> int:
-        return len(self.fractions)
-
-    def bottleneck_channels(self) -> tuple[int, ...]:
-        return width_channels(self.bottleneck, self.fractions)
+from splitserve.models.student import StudentConfig, width_channels
 
 
 class SlimmableEncoder(nn.Module):

@@ -17,7 +17,6 @@ payload kind (``codecs.codec_kind``):
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,10 +25,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from splitserve.codecs import Decoder, Encoder, PayloadKind, codec_kind, get_decoder, get_encoder
+from splitserve.codecs import PayloadKind, codec_kind
 from splitserve.codecs.entropic import EntropyTables
 from splitserve.models.backbones import build_teacher, load_state_dict, resolve_weights, split_model
 from splitserve.models.bottleneck import BottleneckDecoder, FixedWidthEncoder, SlimmableEncoder
+from splitserve.models.coding import CodingBundle
 from splitserve.models.layers import freeze_gdn
 from splitserve.models.manifest import (
     DEVICE_FILES,
@@ -88,79 +88,18 @@ class _DecodeTail(nn.Module):
         return self.tail(self.decoder(y_hat, self.width))
 
 
-class Bundle:
-    """A loaded (and by default verified) split-model bundle. Parts are built lazily and cached.
+class Bundle(CodingBundle):
+    """A loaded (and by default verified) split-model bundle: its codecs, and its networks built
+    lazily and cached."""
 
-    ``manifest`` says what the bundle is; the bundle builds what runs. The manifest's identity
-    (name, version, widths, ...) is exposed here too because every caller of a bundle needs it.
-    """
-
-    def __init__(self, manifest: Manifest) -> None:
-        self.manifest = manifest
-        self.path = manifest.path
-        self.sha256 = manifest.sha256
-        self.input = manifest.input
-        self.student = manifest.student
-        self.labels = manifest.labels
-        self.teacher_spec = manifest.teacher
-        self.feature_shape = manifest.feature_shape
-        self._lock = threading.RLock()
-        self._cache: dict[Any, Any] = {}
-
-    @classmethod
-    def load(cls, path: str | Path, verify: bool | str = True) -> Bundle:
-        """``verify``: True checks every file; "device" only what a device holds (see DEVICE_FILES)."""
-        manifest = Manifest.read(path)
-        if verify == "device":
-            manifest.verify(manifest.device_files())
-        elif verify:
-            manifest.verify()
-        return cls(manifest)
-
-    @property
-    def name(self) -> str:
-        return self.manifest.name
-
-    @property
-    def version(self) -> str:
-        return self.manifest.version
-
-    @property
-    def widths(self) -> list[dict[str, Any]]:
-        return self.manifest.widths
-
-    @property
-    def codecs(self) -> list[str]:
-        return self.manifest.codecs
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return self.input.image_shape
-
-    def has_file(self, name: str) -> bool:
-        return self.manifest.has_file(name)
-
-    def device_files(self) -> list[str]:
-        return self.manifest.device_files()
-
-    def latent_shape(self, width: int) -> tuple[int, int, int]:
-        return self.manifest.latent_shape(width)
-
-    def check_width(self, width: int) -> None:
-        self.manifest.check_width(width)
-
-    def __repr__(self) -> str:
-        return f"Bundle({self.name}:{self.version} at {self.path})"
-
-    # -- parts -------------------------------------------------------------
     def _cached(self, key: Any, build: Callable[[], Any]) -> Any:
-        with self._lock:
-            if key not in self._cache:
-                part = build()
-                if isinstance(part, nn.Module):
-                    part.requires_grad_(False)  # bundles serve inference only
-                self._cache[key] = part
-            return self._cache[key]
+        def frozen() -> Any:
+            part = build()
+            if isinstance(part, nn.Module):
+                part.requires_grad_(False)  # bundles serve inference only
+            return part
+
+        return super()._cached(key, frozen)
 
     def _state(self, name: str) -> dict[str, torch.Tensor]:
         if not self.has_file(name):
@@ -178,15 +117,6 @@ class Bundle:
             return freeze_gdn(enc).eval()
 
         return self._cached("encoder", build)
-
-    def entropy_tables(self, width: int) -> EntropyTables:
-        self.check_width(width)
-
-        def build() -> list[EntropyTables]:
-            with np.load(self.path / ENTROPY_FILE, allow_pickle=False) as arrays:
-                return [EntropyTables.from_arrays(arrays, f"w{i}_") for i in range(self.student.widths)]
-
-        return self._cached("tables", build)[width]
 
     def teacher(self) -> nn.Module:
         def build() -> nn.Module:
@@ -224,15 +154,6 @@ class Bundle:
         return self._cached("preprocess", lambda: Preprocess(self.input))
 
     # -- the two halves, per codec and width -------------------------------
-    def _served_kind(self, codec: str) -> PayloadKind:
-        if codec not in self.codecs:
-            raise ValueError(f"{self.name}: codec {codec!r} is not served; codecs: {', '.join(self.codecs)}")
-        return codec_kind(codec)
-
-    def payload_shape(self, codec: str, width: int = 0) -> tuple[int, ...]:
-        """The shape a frame of this codec (and width) declares."""
-        return self._served_kind(codec).payload_shape(self, width)
-
     def device_stage(self, codec: str, width: int = 0) -> nn.Module:
         """Device side: preprocessed input (B, C, H, W) -> the tensor the codec encodes.
 
@@ -264,23 +185,6 @@ class Bundle:
     def whole_model(self) -> nn.Module:
         """The unsplit teacher: uint8 frames -> logits (local-only inference; the image path's tail)."""
         return self._cached("whole", lambda: _Chain(self.preprocess(), self.teacher()).eval())
-
-    def encoder_for(self, codec: str, width: int = 0, **params: Any) -> Encoder:
-        if codec_kind(codec) is PayloadKind.LATENT:
-            return self._cached(
-                ("enc", width),
-                lambda: get_encoder(codec, tables=self.entropy_tables(width), shape=self.latent_shape(width)),
-            )
-        return get_encoder(codec, **params)
-
-    def decoder_for(self, codec: str, width: int = 0) -> Decoder:
-        shape = self.payload_shape(codec, width)
-        if codec_kind(codec) is PayloadKind.LATENT:
-            return self._cached(
-                ("dec", width), lambda: get_decoder(codec, tables=self.entropy_tables(width), shape=shape)
-            )
-        return self._cached(("dec", codec), lambda: get_decoder(codec, shape=shape))
-
 
 class DevicePath:
     """The device half for one codec and width: uint8 frames (B, H, W, C) -> one payload per frame.

@@ -6,6 +6,10 @@ SDK (its integer tables are written beside the graph as JSON). Files:
 
     head-w<W>.onnx | head-w<W>.pt     the network
     head-w<W>.json                    shapes, normalization, codec and the entropy tables
+
+``export_into_bundle`` writes the ONNX heads of every width into the bundle itself
+(and the whole teacher, when the bundle carries its weights), listed with their
+sha256 in the manifest, for the SDK's onnx runtime (``device-client --runtime onnx``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,15 @@ from torch import nn
 
 from splitserve.models.bottleneck import FixedWidthEncoder
 from splitserve.models.bundle import Bundle
+from splitserve.models.manifest import (
+    MANIFEST,
+    ONNX_FILE,
+    ONNX_TEACHER_FILE,
+    TEACHER_FILE,
+    Manifest,
+    file_sha256,
+    onnx_head_file,
+)
 
 FORMATS = ("onnx", "torchscript")
 
@@ -38,6 +51,20 @@ def head_module(bundle: Bundle, width: int) -> nn.Module:
     return _FrameToFeatures(bundle, width).eval()
 
 
+OPSET = 17
+
+
+def _onnx(module: nn.Module, bundle: Bundle, graph: Path, output: str) -> None:
+    """Trace ``module`` (uint8 (1, H, W, C) frame -> ``output``) into an ONNX graph."""
+    example = torch.zeros(1, *bundle.input.image_shape, dtype=torch.uint8)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about shape checks that are constant here
+        torch.onnx.export(
+            module, (example,), str(graph), dynamo=False, input_names=["frame"], output_names=[output],
+            opset_version=OPSET,
+        )  # fmt: skip
+
+
 def export_head(bundle: Bundle, width: int, fmt: str, out_dir: Path) -> list[Path]:
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; use {' or '.join(FORMATS)}")
@@ -49,10 +76,7 @@ def export_head(bundle: Bundle, width: int, fmt: str, out_dir: Path) -> list[Pat
         warnings.simplefilter("ignore")  # tracer warnings about shape checks that are constant here
         if fmt == "onnx":
             graph = stem.with_suffix(".onnx")
-            torch.onnx.export(
-                module, (example,), str(graph), dynamo=False, input_names=["frame"], output_names=["features"],
-                opset_version=17,
-            )  # fmt: skip
+            _onnx(module, bundle, graph, "features")
         else:
             graph = stem.with_suffix(".pt")
             torch.jit.save(torch.jit.trace(module, (example,)), str(graph))
@@ -70,3 +94,33 @@ def export_head(bundle: Bundle, width: int, fmt: str, out_dir: Path) -> list[Pat
     meta_path = stem.with_suffix(".json")
     meta_path.write_text(json.dumps(meta, indent=1) + "\n")
     return [graph, meta_path]
+
+
+def export_into_bundle(bundle: Bundle) -> Bundle:
+    """Write every width's ONNX head into the bundle directory, listed with its sha256 in the manifest.
+
+    The whole teacher goes in too (``teacher.onnx``) when the bundle carries its weights
+    (``teacher.pt``), so that the onnx runtime can run locally; a teacher whose weights come from a
+    package is left out (tens of MB in git): local inference with it needs the torch runtime.
+    Rewriting the manifest changes the bundle's sha256, as any change to a bundle does. Returns
+    the bundle reloaded and verified.
+    """
+    path = bundle.path
+    manifest = dict(Manifest.read(path))
+    files = {k: v for k, v in manifest["files"].items() if not ONNX_FILE.fullmatch(k)}  # replaced, not merged
+    names = []
+    for width in range(bundle.student.widths):
+        names.append(onnx_head_file(width))
+        _onnx(head_module(bundle, width), bundle, path / names[-1], "features")
+    if bundle.has_file(TEACHER_FILE):
+        names.append(ONNX_TEACHER_FILE)
+        _onnx(bundle.whole_model(), bundle, path / ONNX_TEACHER_FILE, "logits")
+    for stale in path.glob("*.onnx"):
+        if stale.name not in names:
+            stale.unlink()
+    for name in names:
+        files[name] = {"sha256": file_sha256(path / name), "size": (path / name).stat().st_size}
+    manifest["files"] = files
+    manifest["onnx"] = {"opset": OPSET, "heads": names[: bundle.student.widths], "teacher": ONNX_TEACHER_FILE in names}
+    (path / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return Bundle.load(path)

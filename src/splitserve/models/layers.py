@@ -16,13 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from splitserve.models._compressai import NonNegativeParametrizer
-
-
-def _channels(values: Sequence[int]) -> tuple[int, ...]:
-    values = tuple(int(v) for v in values)
-    if not values or any(v <= 0 for v in values) or list(values) != sorted(values):
-        raise ValueError(f"channel counts per width must be positive and non-decreasing, got {list(values)}")
-    return values
+from splitserve.models.student import channel_counts as _channels
 
 
 class SlimmableConv2d(nn.Conv2d):
@@ -113,8 +107,3 @@ def freeze_gdn(module: nn.Module) -> nn.Module:
         else:
             freeze_gdn(child)
     return module
-
-
-def width_channels(full: int, fractions: Sequence[float]) -> tuple[int, ...]:
-    """Channel count at each width fraction of a layer that has ``full`` channels at 1.0."""
-    return _channels(max(1, round(full * f)) for f in fractions)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from splitserve.models.bottleneck import StudentConfig
+from splitserve.models.student import StudentConfig
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -24,9 +25,22 @@ HEAD_FILE = "head.pt"
 ENTROPY_FILE = "entropy.npz"
 TAIL_FILE = "tail.pt"
 TEACHER_FILE = "teacher.pt"
-# What a device needs to run every strategy it can choose (GetHead streams these).
+# What a device needs to run every strategy it can choose (GetHead streams these, and the
+# ONNX files below when the bundle lists them).
 DEVICE_FILES = (MANIFEST, HEAD_FILE, ENTROPY_FILE, TEACHER_FILE)
+ONNX_TEACHER_FILE = "teacher.onnx"
+# The exported heads (one graph per width) and the whole teacher, for devices without torch.
+ONNX_FILE = re.compile(r"head-w\d{1,3}\.onnx|teacher\.onnx")
 _REQUIRED_KEYS = ("format", "name", "version", "input", "labels", "teacher", "student", "widths", "files")
+
+
+def onnx_head_file(width: int) -> str:
+    return f"head-w{width}.onnx"
+
+
+def is_device_file(name: str) -> bool:
+    """Whether a device may hold (and GetHead may send) a file of this name."""
+    return name in DEVICE_FILES or ONNX_FILE.fullmatch(name) is not None
 
 
 class BundleError(ValueError):
@@ -140,7 +154,27 @@ class Manifest(Mapping[str, Any]):
         return name in self._data["files"]
 
     def device_files(self) -> list[str]:
-        return [f for f in DEVICE_FILES if f == MANIFEST or self.has_file(f)]
+        listed = [f for f in DEVICE_FILES if f == MANIFEST or self.has_file(f)]
+        return listed + sorted(f for f in self._data["files"] if ONNX_FILE.fullmatch(f))
+
+    def onnx_head(self, width: int) -> Path:
+        """The exported head of one width (uint8 (1, H, W, C) frame -> features (1, C, h, w))."""
+        self.check_width(width)
+        name = onnx_head_file(width)
+        if not self.has_file(name):
+            raise BundleError(
+                f"{self.name}:{self.version} carries no ONNX head for width {width}; add them with "
+                f"`splitserve export --model {self.name} --format onnx --into-bundle`, or use the torch runtime"
+            )
+        return self.path / name
+
+    def onnx_teacher(self) -> Path | None:
+        """The exported whole teacher (uint8 frame -> logits) for local inference, when the bundle has it."""
+        return self.path / ONNX_TEACHER_FILE if self.has_file(ONNX_TEACHER_FILE) else None
+
+    def has_local_model(self) -> bool:
+        """Whether a device can run the whole model: teacher weights in the bundle or in a package."""
+        return self.has_file(TEACHER_FILE) or str(self.teacher.get("weights", "")).startswith("package:")
 
     def verify(self, files: Sequence[str] | None = None) -> None:
         """Check each listed file's sha256 (all of them unless ``files`` narrows it)."""

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from splitserve.models.bundle import MANIFEST, Bundle, BundleError
+from splitserve.models.manifest import MANIFEST, BundleError
+
+if TYPE_CHECKING:
+    from splitserve.models.bundle import Bundle
 
 BUNDLED = Path(__file__).parent / "bundles"
 DEFAULT_MODEL = "fmnist-split"
@@ -53,6 +57,8 @@ def find_bundle(name: str, version: str | None = None, root: Path | None = None)
 
 def load(name: str, version: str | None = None, root: Path | None = None) -> Bundle:
     """Load and verify a bundle (a path to a bundle directory works too)."""
+    from splitserve.models.bundle import Bundle  # needs torch; the rest of the zoo does not
+
     p = Path(name)
     if (p / MANIFEST).is_file():
         return Bundle.load(p)
@@ -61,4 +67,6 @@ def load(name: str, version: str | None = None, root: Path | None = None) -> Bun
 
 def list_models(root: Path | None = None) -> list[Bundle]:
     """The newest version of every model under root (the bundled models by default)."""
+    from splitserve.models.bundle import Bundle  # needs torch; the rest of the zoo does not
+
     return [Bundle.load(v[newest(v)], verify=False) for v in bundle_dirs(root or BUNDLED).values()]
