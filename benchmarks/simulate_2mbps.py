@@ -44,12 +44,15 @@ def simulate(args: list[str], out: Path) -> dict:
 
 def floor_ms(result: dict, name: str) -> float:
     """bytes / bandwidth + RTT + compute, for one strategy, from its measured frames."""
-    from splitserve.device_client.client import FRAME_OVERHEAD, GRPC_FRAMING
+    from splitserve.device_client.client import frame_overhead
+    from splitserve.models.zoo import load
 
+    model, _, version = result["model"].partition(":")
+    bundle = load(model, version)
     row = next(r for r in result["strategies"] if r["name"] == name)
     up = result["link"]["uplink"]
     frames = [p for p in result["timeline"][name] if p["status"] == "OK"]
-    wire = row["bytes_per_frame"] + FRAME_OVERHEAD + GRPC_FRAMING
+    wire = row["bytes_per_frame"] + frame_overhead(bundle, "entropic", bundle.student.widths - 1)
     server = sum(p.get("server_ms") or 0.0 for p in frames) / max(len(frames), 1)
     return wire * 8 / up["rate_bps"] * 1e3 + 2 * up["delay_ms"] + row["device_ms"] + server
 

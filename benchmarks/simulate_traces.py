@@ -154,7 +154,7 @@ def run_trace(trace: Trace, seconds: float, args, measured, widths, accs, local_
         on_time = lat <= args.deadline_ms
         if s.local:
             acc = np.full(len(out), local_acc)
-        elif s.codec == "jpeg":
+        elif not s.has_widths:  # full offload (jpeg): the image codec's measured accuracy
             acc = np.full(len(out), jpeg_acc)
         else:
             acc = np.array([local_acc if o.local else accs[o.width] for o in out], dtype=float)

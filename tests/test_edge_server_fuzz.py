@@ -11,8 +11,10 @@ import torch
 from helpers import Stream
 from test_edge_server_production import rss_mib
 
+from splitserve.codecs import codec_kind
 from splitserve.data.samples import load_sample
 from splitserve.models import load
+from splitserve.models.bundle import DevicePath
 from splitserve.models.zoo import BUNDLED, bundle_dirs
 from splitserve.proto import edge_inference_pb2 as pb
 
@@ -25,16 +27,10 @@ def real_payloads(bundle):
     """(codec, width, payload, shape) for one real sample image through each codec and width."""
     image = torch.from_numpy(load_sample(bundle.manifest["sample"])[0][0])
     out = []
-    with torch.inference_mode():
-        x = bundle.preprocess()(image[None])
-        for codec in bundle.codecs:
-            widths = range(bundle.student.widths) if codec == "entropic" else [0]
-            for w in widths:
-                if codec in ("jpeg", "webp", "png"):
-                    payload = bundle.encoder_for(codec, quality=75).encode(image)
-                else:
-                    payload = bundle.encoder_for(codec, w).encode(bundle.device_stage(codec, w)(x)[0])
-                out.append((codec, w, payload, list(bundle.payload_shape(codec, w))))
+    for codec in bundle.codecs:
+        for w in range(bundle.student.widths) if codec_kind(codec).has_widths else [0]:
+            device = DevicePath(bundle, codec, w, quality=75)
+            out.append((codec, w, device(image[None])[0], list(device.shape)))
     return out
 
 

@@ -110,6 +110,8 @@ class Batcher:
                 for item in batch:
                     if not item.future.done():
                         item.future.set_result(Outcome(Status.UNAVAILABLE, error=f"server is stopping ({exc})"))
+                if not self._items and not self._inflight:
+                    self._idle.set()  # else drain() (and close()) would wait for these frames forever
                 continue
             future.add_done_callback(lambda f, b=batch: self._loop.call_soon_threadsafe(self._complete, b, f))
 

@@ -7,10 +7,11 @@ Per-model batching can also come from ``<models>/<name>/config.toml``
 
 from __future__ import annotations
 
-import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from splitserve.tomlconfig import fill, read_toml
 
 
 class ServerConfigError(ValueError):
@@ -90,49 +91,13 @@ class ServerConfig:
                 raise ServerConfigError(f"{path_field}: file not found: {value}")
 
 
-def _apply(obj: Any, data: dict[str, Any], where: str) -> None:
-    known = {f.name: f for f in fields(obj)}
-    for key, value in data.items():
-        key_attr = key.replace("-", "_")
-        if key_attr not in known:
-            raise ServerConfigError(f"{where}: unknown setting {key!r}; known: {sorted(known)}")
-        current = getattr(obj, key_attr)
-        if isinstance(current, BatchingConfig):
-            if not isinstance(value, dict):
-                raise ServerConfigError(f"{where}: [{key}] must be a table")
-            _apply(current, value, f"{where} [{key}]")
-            continue
-        if isinstance(current, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(current, (int, float)):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if ok and isinstance(current, int) and not isinstance(current, bool):
-                ok = float(value).is_integer()
-                value = int(value)
-        else:
-            ok = isinstance(value, str)
-        if not ok:
-            raise ServerConfigError(f"{where}: {key} = {value!r} should be a {type(current).__name__}")
-        setattr(obj, key_attr, float(value) if isinstance(current, float) else value)
-
-
-def load_toml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ServerConfigError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ServerConfigError(f"{path}: not valid TOML ({exc})") from None
-
-
 def build_config(file: str | None, overrides: dict[str, Any]) -> ServerConfig:
     cfg = ServerConfig()
     if file:
-        _apply(cfg, load_toml(file), str(file))
+        fill(cfg, read_toml(file, ServerConfigError), str(file), ServerConfigError)
     batching = {k: overrides.pop(k) for k in ("max_batch", "max_delay_ms", "max_queue") if k in overrides}
-    _apply(cfg, overrides, "flags")
-    _apply(cfg.batching, batching, "flags")
+    fill(cfg, overrides, "flags", ServerConfigError)
+    fill(cfg.batching, batching, "flags", ServerConfigError)
     cfg.validate()
     return cfg
 
@@ -142,9 +107,9 @@ def model_batching(default: BatchingConfig, model_dir: Path, overrides: dict[str
     cfg = BatchingConfig(**vars(default))
     per_model = model_dir / "config.toml"
     if per_model.is_file():
-        data = load_toml(per_model)
+        data = read_toml(per_model, ServerConfigError)
         if "batching" in data:
-            _apply(cfg, data["batching"], str(per_model))
-    _apply(cfg, overrides, "flags")
+            fill(cfg, data["batching"], f"{per_model} [batching]", ServerConfigError)
+    fill(cfg, overrides, "flags", ServerConfigError)
     cfg.validate(str(per_model))
     return cfg

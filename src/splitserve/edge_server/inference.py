@@ -26,6 +26,7 @@ Status = pb.Result.Status
 # A result echoes the frame's model, version and tags: bounded, so no frame can make its result big.
 MAX_NAME_CHARS = 256
 
+
 class InferencePipeline:
     def __init__(self, repository: ModelRepository, cfg: ServerConfig, decode_pool: ThreadPoolExecutor) -> None:
         self.repository = repository

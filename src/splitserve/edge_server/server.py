@@ -16,13 +16,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from splitserve.devices import resolve_device
 from splitserve.edge_server.auth import TokenAuthInterceptor, load_tokens
 from splitserve.edge_server.config import ServerConfig
 from splitserve.edge_server.inference import InferencePipeline
 from splitserve.edge_server.metrics import ServerMetrics
 from splitserve.edge_server.repository import ModelRepository
 from splitserve.edge_server.service import EdgeInferenceService
-from splitserve.edge_server.tail import DeviceWorker, resolve_device
+from splitserve.edge_server.tail import DeviceWorker
 from splitserve.proto import edge_inference_pb2 as pb
 from splitserve.proto import edge_inference_pb2_grpc as pb_grpc
 

@@ -18,15 +18,6 @@ from splitserve.codecs import BatchKey
 from splitserve.models.bundle import Bundle
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return device
-
-
 class DeviceWorker:
     """One thread per compute device."""
 

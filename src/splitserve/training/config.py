@@ -14,10 +14,11 @@ Unknown keys are errors: a typo must not silently train the wrong model.
 
 from __future__ import annotations
 
-import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from splitserve.tomlconfig import fill, read_toml
 
 
 class ConfigError(ValueError):
@@ -142,59 +143,20 @@ class TrainConfig:
     device: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
         return asdict(self)
 
 
-def _fill(section_cls: type, data: Any, where: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"[{where}] must be a table, got {type(data).__name__}")
-    known = {f.name: f for f in fields(section_cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ConfigError(f"[{where}] unknown keys {unknown}; known: {sorted(known)}")
-    obj = section_cls()
-    for key, value in data.items():
-        default = getattr(obj, key)
-        if isinstance(default, bool) != isinstance(value, bool) or (
-            isinstance(default, (int, float)) and not isinstance(value, (int, float))
-        ):
-            raise ConfigError(f"[{where}] {key} = {value!r}: expected {type(default).__name__}")
-        if isinstance(default, (list, dict, str)) and not isinstance(value, type(default)):
-            raise ConfigError(f"[{where}] {key} = {value!r}: expected {type(default).__name__}")
-        if isinstance(default, float):
-            value = float(value)
-        setattr(obj, key, value)
-    return obj
-
-
 def parse_config(data: dict[str, Any]) -> TrainConfig:
-    cfg = TrainConfig()
-    sections = {f.name: f for f in fields(TrainConfig)}
-    for key, value in data.items():
-        if key not in sections:
-            raise ConfigError(f"unknown config key {key!r}; known: {sorted(sections)}")
-        if key in ("seed",):
-            if not isinstance(value, int):
-                raise ConfigError(f"{key} must be an integer")
-            cfg.seed = value
-        elif key == "device":
-            cfg.device = str(value)
-        else:
-            setattr(cfg, key, _fill(type(getattr(cfg, key)), value, key))
+    unknown = sorted(set(data) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise ConfigError(f"unknown config keys {unknown}; known: {sorted(f.name for f in fields(TrainConfig))}")
+    cfg = fill(TrainConfig(), data, "config", ConfigError)
     validate(cfg)
     return cfg
 
 
 def load_config(path: str | Path) -> TrainConfig:
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    data = read_toml(path, ConfigError)
     try:
         return parse_config(data)
     except ConfigError as exc:

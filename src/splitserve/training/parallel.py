@@ -25,6 +25,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from splitserve.devices import resolve_device
+
 log = logging.getLogger("splitserve.train")
 
 
@@ -51,12 +53,11 @@ class World:
         return self.size > 1
 
     def device(self, name: str) -> torch.device:
-        """The device for ``name`` ("auto", "cpu", "cuda"): each rank on a machine takes its own GPU."""
-        if name == "auto":
-            name = "cuda" if torch.cuda.is_available() else "cpu"
-        if name == "cuda" and self.active:
+        """The device for ``name`` (see ``resolve_device``): each rank on a machine takes its own GPU."""
+        device = resolve_device(name)
+        if device.type == "cuda" and device.index is None and self.active:
             return torch.device("cuda", self.local_rank)
-        return torch.device(name)
+        return device
 
     def average_gradients(self, params: Iterable[nn.Parameter]) -> None:
         if not self.active:

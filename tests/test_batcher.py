@@ -1,0 +1,136 @@
+"""The batcher alone, in-process: a real tail on a real device worker, no server, no gRPC.
+
+No assertion here depends on how fast the machine is: where time matters it is a lower bound
+(a batch never closes before its delay) or a generous time-out (a full batch does not wait).
+"""
+
+import asyncio
+import time
+
+import pytest
+import torch
+
+from splitserve.codecs import PayloadKind
+from splitserve.edge_server.batcher import Batcher, Outcome, Overloaded
+from splitserve.edge_server.config import BatchingConfig
+from splitserve.edge_server.tail import DeviceWorker, TailRunner
+from splitserve.proto import edge_inference_pb2 as pb
+
+S = pb.Result.Status
+KEY = PayloadKind.LATENT.batch_key(0)
+GIVE_UP_S = 60  # a batcher that never answers fails the test instead of hanging it
+
+
+@pytest.fixture(scope="module")
+def worker():
+    w = DeviceWorker(torch.device("cpu"))
+    yield w
+    w.shutdown()
+
+
+@pytest.fixture(scope="module")
+def runner(fmnist, worker):
+    return TailRunner(fmnist, "entropic", KEY, worker)
+
+
+def frames(runner, n):
+    shape = KEY.kind.payload_shape(runner.bundle, KEY.width)
+    return [torch.zeros(shape) for _ in range(n)]
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, GIVE_UP_S))
+
+
+def test_a_batch_closes_after_max_delay_without_filling(runner):
+    async def main():
+        batcher = Batcher(runner, BatchingConfig(max_batch=1000, max_delay_ms=100, max_queue=10))
+        outcomes = await asyncio.gather(*[batcher.submit(t, 3, None) for t in frames(runner, 3)])
+        await batcher.close()
+        return outcomes
+
+    outcomes: list[Outcome] = run(main())
+    assert [o.status for o in outcomes] == [S.OK] * 3
+    assert [o.batch_size for o in outcomes] == [3, 3, 3]  # waited for company, then ran together
+    assert outcomes[0].queue_ms >= 100 * 0.99  # the first frame waited out the delay, never less
+    assert all(len(o.indices) == 3 and len(o.scores) == 3 for o in outcomes)
+
+
+def test_a_full_batch_does_not_wait_for_the_delay(runner):
+    async def main():
+        batcher = Batcher(runner, BatchingConfig(max_batch=4, max_delay_ms=3_600_000, max_queue=10))
+        outcomes = await asyncio.gather(*[batcher.submit(t, 1, None) for t in frames(runner, 4)])
+        await batcher.close()
+        return outcomes
+
+    outcomes = run(main())  # an hour's delay: only a full batch finishes within GIVE_UP_S
+    assert [o.batch_size for o in outcomes] == [4] * 4
+
+
+def test_batches_never_exceed_max_batch(runner):
+    async def main():
+        batcher = Batcher(runner, BatchingConfig(max_batch=2, max_delay_ms=0, max_queue=10))
+        outcomes = await asyncio.gather(*[batcher.submit(t, 1, None) for t in frames(runner, 5)])
+        await batcher.close()
+        return outcomes
+
+    outcomes = run(main())
+    assert [o.status for o in outcomes] == [S.OK] * 5
+    assert all(1 <= o.batch_size <= 2 for o in outcomes)
+
+
+def test_a_full_queue_refuses_at_once_and_keeps_what_it_holds(runner):
+    async def main():
+        batcher = Batcher(runner, BatchingConfig(max_batch=8, max_delay_ms=50, max_queue=2))
+        first, second, third = frames(runner, 3)
+        held = [batcher.submit(first, 1, None), batcher.submit(second, 1, None)]
+        with pytest.raises(Overloaded, match=r"2 frames already queued for fmnist-split:.*/w0"):
+            batcher.submit(third, 1, None)
+        outcomes = await asyncio.gather(*held)
+        await batcher.close()
+        return outcomes
+
+    assert [o.status for o in run(main())] == [S.OK, S.OK]
+
+
+def test_a_frame_past_its_deadline_is_answered_without_computing(runner):
+    async def main():
+        batcher = Batcher(runner, BatchingConfig(max_batch=8, max_delay_ms=0, max_queue=8))
+        late, on_time = frames(runner, 2)
+        outcomes = await asyncio.gather(
+            batcher.submit(late, 1, time.monotonic() - 1.0), batcher.submit(on_time, 1, None)
+        )
+        await batcher.close()
+        return outcomes
+
+    late, on_time = run(main())
+    assert late.status == S.DEADLINE_EXCEEDED and "not computed" in late.error and not late.indices
+    assert on_time.status == S.OK and on_time.batch_size == 1
+
+
+def test_close_answers_every_queued_frame_first(runner):
+    async def main():
+        batcher = Batcher(runner, BatchingConfig(max_batch=2, max_delay_ms=20, max_queue=16))
+        futures = [batcher.submit(t, 1, None) for t in frames(runner, 7)]
+        await batcher.close()
+        return futures
+
+    futures = run(main())
+    assert all(f.done() for f in futures)
+    assert [f.result().status for f in futures] == [S.OK] * 7
+
+
+def test_frames_after_the_worker_stopped_still_get_an_outcome(fmnist):
+    worker = DeviceWorker(torch.device("cpu"))
+    runner = TailRunner(fmnist, "entropic", KEY, worker)
+    worker.shutdown()
+
+    async def main():
+        batcher = Batcher(runner, BatchingConfig(max_batch=4, max_delay_ms=0, max_queue=8))
+        outcomes = await asyncio.gather(*[batcher.submit(t, 1, None) for t in frames(runner, 3)])
+        await batcher.close()
+        return outcomes
+
+    outcomes = run(main())
+    assert [o.status for o in outcomes] == [S.UNAVAILABLE] * 3
+    assert all("server is stopping" in o.error for o in outcomes)
