@@ -56,9 +56,9 @@ def _load(path: Path, worker: DeviceWorker, batching: BatchingConfig) -> ServedM
     for codec in bundle.codecs:
         if codec == "entropic":
             for w in range(bundle.student.widths):
-                runners.setdefault(stage_key(codec, w), TailRunner(bundle, codec, w, worker))
+                runners.setdefault(stage_key(codec, w), TailRunner(bundle, codec, w, worker, batching.max_batch))
         else:
-            runners.setdefault(stage_key(codec, 0), TailRunner(bundle, codec, 0, worker))
+            runners.setdefault(stage_key(codec, 0), TailRunner(bundle, codec, 0, worker, batching.max_batch))
     for codec in bundle.codecs:  # build decoders here, off the event loop, not on the first frame
         for w in range(bundle.student.widths if codec == "entropic" else 1):
             bundle.decoder_for(codec, w)
