@@ -76,7 +76,7 @@ def _load(path: Path, worker: DeviceWorker, batching: BatchingConfig) -> ServedM
         for width in range(bundle.student.widths) if kind.has_widths else [0]:
             key = kind.batch_key(width)
             if key not in runners:
-                runners[key] = TailRunner(bundle, codec, key, worker)
+                runners[key] = TailRunner(bundle, codec, key, worker, batching.max_batch)
             bundle.decoder_for(codec, width)  # built here, off the event loop, not on the first frame
     for runner in runners.values():
         worker.submit(runner.warm_up).result()

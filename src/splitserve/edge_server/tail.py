@@ -33,6 +33,16 @@ class DeviceWorker:
         self._pool.shutdown(wait=True)
 
 
+def fixed_batch_sizes(max_batch: int) -> tuple[int, ...]:
+    """The batch sizes a CUDA tail runs: powers of two below ``max_batch``, and ``max_batch``.
+
+    A batch is padded up to the next of these, so the device sees a handful of shapes,
+    each warmed up (kernel selection, allocator) before the server reports SERVING.
+    """
+    sizes = [1 << i for i in range(max_batch.bit_length()) if 1 << i < max_batch]
+    return (*sizes, max_batch)
+
+
 @dataclass
 class TopK:
     scores: torch.Tensor  # (B, k) softmax probabilities, CPU
@@ -40,9 +50,18 @@ class TopK:
 
 
 class TailRunner:
-    """The server stage of one (model, version, batch key) on one device; called on its worker thread."""
+    """The server stage of one (model, version, batch key) on one device; called on its worker thread.
 
-    def __init__(self, bundle: Bundle, codec: str, key: BatchKey, worker: DeviceWorker) -> None:
+    On CUDA, batches are padded to ``fixed_batch_sizes(max_batch)`` and staged through one
+    reused pinned host buffer (so the host-to-device copy is asynchronous DMA and no batch
+    pins fresh memory). On CPU neither pays: padding would compute rows nobody asked for.
+    ``fixed_sizes`` forces the padded path (tests check it on CPU).
+    """
+
+    def __init__(
+        self, bundle: Bundle, codec: str, key: BatchKey, worker: DeviceWorker, max_batch: int = 1,
+        fixed_sizes: bool | None = None,
+    ) -> None:  # fmt: skip
         self.bundle = bundle
         self.key = key
         self.name = f"{bundle.name}:{bundle.version}/{key}"  # for logs
@@ -50,20 +69,40 @@ class TailRunner:
         self.device = worker.device
         with torch.no_grad():
             self.module = bundle.server_stage(codec, key.width).to(self.device).eval()
-        self._pin = self.device.type == "cuda"
+        cuda = self.device.type == "cuda"
+        self.sizes = fixed_batch_sizes(max_batch) if (cuda if fixed_sizes is None else fixed_sizes) else ()
+        self._pin = cuda
+        self._staging: torch.Tensor | None = None  # (max size, *frame shape) host buffer, pinned on CUDA
 
     def warm_up(self) -> None:
-        """Run one all-zero payload tensor through, so the first real frame does not pay for set-up."""
+        """Run an all-zero payload tensor through at every batch size this runner will use (just 1 on
+        CPU, where shapes are free), so the first real frames do not pay for set-up."""
         shape = self.key.kind.payload_shape(self.bundle, self.key.width)
-        self.run([torch.from_numpy(np.zeros(shape, dtype=self.key.kind.dtype))], 1)
+        example = torch.from_numpy(np.zeros(shape, dtype=self.key.kind.dtype))
+        for size in self.sizes or (1,):
+            self.run([example] * size, 1)
+
+    def _stage(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """The batch on the device: padded to the next fixed size through the reused host buffer."""
+        n = len(inputs)
+        size = next((s for s in self.sizes if s >= n), n)
+        if self._staging is None or self._staging.shape[0] < size or self._staging.shape[1:] != inputs[0].shape:
+            buffer = torch.zeros((max(self.sizes[-1], size), *inputs[0].shape), dtype=inputs[0].dtype)
+            self._staging = buffer.pin_memory() if self._pin else buffer
+        host = self._staging[:size]
+        torch.stack(inputs, out=host[:n])  # rows n..size keep earlier frames: finite, computed, dropped
+        # safe to reuse next batch: run() waits for the results, so this copy has finished by then
+        return host.to(self.device, non_blocking=True)
 
     @torch.inference_mode()
     def run(self, inputs: list[torch.Tensor], top_k: int) -> TopK:
-        batch = torch.stack(inputs)
-        if self._pin:
-            batch = batch.pin_memory()
-        batch = batch.to(self.device, non_blocking=True)
-        logits = self.module(batch)
+        if self.sizes:
+            logits = self.module(self._stage(inputs))[: len(inputs)]
+        else:
+            batch = torch.stack(inputs)
+            if self._pin:
+                batch = batch.pin_memory()
+            logits = self.module(batch.to(self.device, non_blocking=True))
         k = max(1, min(top_k, logits.shape[1]))
         scores, indices = torch.softmax(logits.float(), dim=1).topk(k, dim=1)
         return TopK(scores.cpu(), indices.cpu())
