@@ -6,11 +6,15 @@
   every installed distribution (its RECORD: files and the .pyc pip compiled), pip and
   setuptools (there in any venv) left out of the total. Target: <= 200 MB.
 - aarch64: for each of those distributions at the installed version, whether PyPI has a wheel a
-  64-bit Raspberry Pi OS (Linux aarch64, CPython 3.11) can install (PyPI's JSON API).
+  64-bit Raspberry Pi OS (Linux aarch64, CPython 3.11) can install (PyPI's JSON API); then the
+  device extra's requirements as an aarch64 machine reads them (markers evaluated for aarch64:
+  no constriction there, codecs/ans.py encodes) resolved by pip for that platform, binary
+  wheels only (``pip install --dry-run --platform ... --only-binary=:all:``).
 - import: ``import splitserve.device_client`` in the light venv (median of runs, new process
   each), and with onnxruntime imported too. Target: <= 0.5 s.
 - head latency: per model and width, the head alone (frame -> features) in each runtime, one
-  thread, median over sample frames.
+  thread, median over sample frames; and the entropy coding of those features with constriction
+  and with codecs/ans.py (the Python encoder a Pi without constriction uses).
 - parity: how often a rounded symbol differs between the runtimes' features on the shipped
   sample, and the accuracy (fmnist) / top-1 agreement with the teacher (lite0) through the
   real tail from each runtime's payloads.
@@ -35,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from splitserve.codecs import ans
 from splitserve.data.samples import load_sample
 from splitserve.device_client.runtimes import make_runtime
 from splitserve.models import load
@@ -103,6 +108,34 @@ def aarch64_wheel(name: str, version: str) -> str:
     return f"NO: no aarch64 wheel and no sdist for {version}"
 
 
+_ARM_ENV = {"platform_machine": "aarch64", "sys_platform": "linux", "platform_system": "Linux",
+            "python_version": "3.11", "python_full_version": "3.11.2", "extra": "device"}  # fmt: skip
+_ARM_PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64")
+
+
+def aarch64_resolution(venv: Path, pip_cache: str | None) -> dict:
+    """What ``pip install splitserve[device]`` pulls on a 64-bit Pi, resolved from binary wheels only."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = ("import json; from importlib.metadata import requires; from packaging.requirements import Requirement\n"
+            f"env = {_ARM_ENV!r}\n"
+            "reqs = [Requirement(r) for r in requires('splitserve')]\n"
+            "reqs = [r for r in reqs if r.marker is None or r.marker.evaluate(env)]\n"
+            "print(json.dumps([f'{r.name}{r.specifier}' for r in reqs]))")  # fmt: skip
+    reqs = json.loads(subprocess.run([str(venv / "bin" / "python"), "-c", code], check=True, env=env,
+                                     capture_output=True, text=True).stdout)  # fmt: skip
+    cmd = [str(venv / "bin" / "pip"), "install", "--dry-run", "--ignore-installed", "--only-binary=:all:",
+           "--python-version", "3.11", "--target", tempfile.mkdtemp(prefix="arm-"), "--disable-pip-version-check"]
+    for platform_tag in _ARM_PLATFORMS:
+        cmd += ["--platform", platform_tag]
+    if pip_cache:
+        cmd += ["--cache-dir", pip_cache]
+    proc = subprocess.run(cmd + reqs, env=env, capture_output=True, text=True)
+    would = [line for line in proc.stdout.splitlines() if line.startswith("Would install")]
+    return {"requirements": reqs, "ok": proc.returncode == 0 and bool(would),
+            "would_install": would[0].removeprefix("Would install ").split() if would else [],
+            "error": "" if proc.returncode == 0 else proc.stderr.strip().splitlines()[-1]}  # fmt: skip
+
+
 def import_times(venv: Path, repeat: int = 7) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     code = (
@@ -134,6 +167,17 @@ def head_latency(bundle, images: np.ndarray) -> list[dict]:  # type: ignore[no-u
                 rt.features(img, "entropic", w)
                 times.append((time.perf_counter() - t0) * 1e3)
             row[f"{name}_ms"] = float(np.median(times))
+        enc = bundle.encoder_for("entropic", w)
+        cdfs = [ans.quantized_cdf(f.astype(np.float64) / float(f.sum())) for f in bundle.entropy_tables(w).freqs]
+        features = [runtimes["onnx"].features(img, "entropic", w) for img in images]
+        for key, code in (("encode_constriction_ms", enc.encode),
+                          ("encode_python_ms", lambda y, e=enc, c=cdfs: ans.encode(e.quantize(y), c))):  # fmt: skip
+            times = []
+            for y in features:
+                t0 = time.perf_counter()
+                code(y)
+                times.append((time.perf_counter() - t0) * 1e3)
+            row[key] = float(np.median(times))
         rows.append(row)
     return rows
 
@@ -199,6 +243,10 @@ def main() -> int:
         print(f"{'total (without pip, setuptools)':41s} {install['bytes'] / MB:7.1f}   target <= 200 MB"
               f" ({install['bytes'] / 2**20:.1f} MiB); .pyc pip compiled: {install['pyc_bytes'] / MB:.1f} MB;"
               f" torch importable: {install['torch_importable']}")  # fmt: skip
+        report["aarch64"] = arm = aarch64_resolution(venv, args.pip_cache)
+        print(f"\non Linux aarch64 the device extra requires: {', '.join(arm['requirements'])}")
+        print("  pip --platform manylinux*_aarch64 --only-binary=:all: "
+              + (f"would install {' '.join(arm['would_install'])}" if arm["ok"] else f"FAILS: {arm['error']}"))
         report["import"] = imp = import_times(venv)
         print(f"\nimport splitserve.device_client: {imp['device_client_s']:.3f} s (target <= 0.5 s); "
               f"with onnxruntime: {imp['with_onnxruntime_s']:.3f} s  (median of {imp['runs']} runs)")  # fmt: skip
@@ -212,12 +260,13 @@ def main() -> int:
         report["models"][name] = {"head_latency": lat, "parity": par}
         print(f"\n{name}: head (frame -> features), 1 thread, median of {min(len(images), args.latency_frames)} frames;"
               f" parity on all {len(images)} sample frames")  # fmt: skip
-        print(f"{'width':>5s} {'torch ms':>9s} {'onnx ms':>8s} {'symbols differ':>18s} {'same payloads':>14s}"
-              f" {'metric':>10s} {'torch':>7s} {'onnx':>7s}")  # fmt: skip
+        print(f"{'width':>5s} {'torch ms':>9s} {'onnx ms':>8s} {'code ms':>8s} {'code.py ms':>10s}"
+              f" {'symbols differ':>18s} {'same payloads':>14s} {'metric':>10s} {'torch':>7s} {'onnx':>7s}")
         for lr, pr in zip(lat, par, strict=True):
             symbols = f"{pr['symbols_differ']:>6d} / {pr['symbols']:<9d}"
             payloads = f"{pr['payloads_identical']:>6d} / {pr['frames']:<5d}"
-            print(f"{lr['width']:5d} {lr['torch_ms']:9.3f} {lr['onnx_ms']:8.3f} {symbols} {payloads}"
+            print(f"{lr['width']:5d} {lr['torch_ms']:9.3f} {lr['onnx_ms']:8.3f} {lr['encode_constriction_ms']:8.3f}"
+                  f" {lr['encode_python_ms']:10.3f} {symbols} {payloads}"
                   f" {pr['metric']:>10s} {pr['torch']:7.4f} {pr['onnx']:7.4f}")  # fmt: skip
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

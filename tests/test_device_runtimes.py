@@ -169,6 +169,21 @@ def test_the_onnx_runtime_says_what_it_cannot_do(fmnist, lite0):
         lite.logits(np.zeros(lite0.input.image_shape, np.uint8))
 
 
+@pytest.mark.e2e
+def test_device_client_says_what_the_onnx_runtime_cannot_do(start_server, tmp_path):
+    server = start_server()
+    for args, message in (
+        (("--model", "fmnist-split", "--codec", "fp16"), "the onnx runtime cannot encode the fp16 codec"),
+        (("--model", "lite0-imagenet", "--policy", "local"), "the onnx runtime cannot run this model locally"),
+    ):
+        proc = subprocess.run(
+            [str(BIN / "device-client"), "--server", server.address, "--frames", "2", "--runtime", "onnx", *args],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 1 and message in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
 def test_runtime_names():
     assert resolve("auto") == "torch"  # installed here: the reference wins
     assert resolve("onnx") == "onnx"

@@ -25,16 +25,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import constriction
 import numpy as np
 
+from splitserve.codecs import ans
 from splitserve.codecs.base import CodecError, Decoder, Encoder, PayloadKind, as_array, numel, to_tensor
+
+try:
+    import constriction
+except ModuleNotFoundError:  # Linux on ARM has no wheel: a device encodes with codecs.ans, the same bytes
+    constriction = None
 
 if TYPE_CHECKING:  # a device codes numpy arrays without torch; training and the server pass tensors
     import torch
-
-_Categorical = constriction.stream.model.Categorical
-_AnsCoder = constriction.stream.stack.AnsCoder
 
 # A symbol costs at most ~24 bits in the coder's 24-bit precision, so a valid
 # payload for n symbols never exceeds this many bytes (plus the final word).
@@ -129,11 +131,18 @@ class EntropyTables:
 
 
 class _Models:
-    """constriction models built once per table set (building them is the slow part)."""
+    """constriction models built once per table set (building them is the slow part).
+
+    Without constriction: the same models' CDFs for ``codecs.ans``, which can encode only.
+    """
 
     def __init__(self, tables: EntropyTables) -> None:
         self.tables = tables
-        self.models = [_Categorical(f.astype(np.float64) / float(f.sum()), perfect=False) for f in tables.freqs]
+        probabilities = [f.astype(np.float64) / float(f.sum()) for f in tables.freqs]
+        if constriction is not None:
+            self.models = [constriction.stream.model.Categorical(p, perfect=False) for p in probabilities]
+        else:
+            self.cdfs = [ans.quantized_cdf(p) for p in probabilities]
         self.lows = (tables.medians + tables.offsets).astype(np.float32)
         self.max_index = np.array([len(f) - 1 for f in tables.freqs], dtype=np.int64)
 
@@ -166,7 +175,9 @@ class EntropicEncoder(Encoder):
 
     def encode(self, data: np.ndarray | torch.Tensor) -> bytes:
         sym = self.quantize(data)
-        coder = _AnsCoder()
+        if constriction is None:
+            return ans.encode(sym, self._m.cdfs)
+        coder = constriction.stream.stack.AnsCoder()
         for c in range(sym.shape[0] - 1, -1, -1):  # a stack: encode in reverse of decoding order
             coder.encode_reverse(sym[c], self._m.models[c])
         return coder.get_compressed().astype("<u4").tobytes()
@@ -182,6 +193,8 @@ class EntropicDecoder(Decoder):
 
     def __init__(self, tables: EntropyTables, shape: Sequence[int]) -> None:
         super().__init__(_latent_shape(tables, shape))
+        if constriction is None:
+            raise CodecError("entropic: decoding needs constriction: pip install 'splitserve[server]'")
         self._m = _Models(tables)
         self._per_channel = self.shape[1] * self.shape[2]
         self._max_bytes = numel(self.shape) * _MAX_BYTES_PER_SYMBOL + 8
@@ -195,7 +208,7 @@ class EntropicDecoder(Decoder):
             )
         words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
         try:
-            coder = _AnsCoder(words)
+            coder = constriction.stream.stack.AnsCoder(words)
             sym = np.stack([coder.decode(m, self._per_channel) for m in self._m.models])
             consumed = coder.is_empty()
         except (ValueError, RuntimeError) as exc:

@@ -253,6 +253,10 @@ class AsyncSplitClient:
         except (RuntimeUnavailable, BundleError, ValueError) as exc:
             await self._channel.close()
             raise ClientError(f"cannot run the head of {bundle.name}:{bundle.version}: {exc}") from None
+        problem = self.head.runtime.cannot(self.codec, local=self.policy_spec == "local")
+        if problem:
+            await self._channel.close()
+            raise ClientError(f"{bundle.name}:{bundle.version}: {problem}")
         self.bundle = self.head.bundle
         self.policy = self._make_policy()
         self.planner = FramePlanner(self.policy, self.monitor) if self.policy is not None else None

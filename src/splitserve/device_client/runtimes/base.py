@@ -36,3 +36,15 @@ class HeadRuntime(ABC):
     @abstractmethod
     def runs_locally(self) -> bool:
         """Whether ``logits`` can run here: the bundle has what this runtime needs for the whole model."""
+
+    def supports(self, codec: str) -> bool:
+        """Whether frames of this codec can be encoded with this runtime."""
+        return True
+
+    def cannot(self, codec: str, local: bool = False) -> str:
+        """What this runtime cannot do of what is asked (a codec, local inference); "" when it can."""
+        if not self.supports(codec):
+            return f"the {self.name} runtime cannot encode the {codec} codec: use the torch runtime"
+        if local and not self.runs_locally():
+            return f"the {self.name} runtime cannot run this model locally: use the torch runtime"
+        return ""

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnxruntime as ort
 
+from splitserve.codecs import IMAGE_CODECS
 from splitserve.device_client.runtimes.base import HeadRuntime
 from splitserve.models.coding import CodingBundle
 from splitserve.models.manifest import BundleError
@@ -54,6 +55,9 @@ class OnnxRuntime(HeadRuntime):
         if path not in self._sessions:
             self._sessions[path] = ort.InferenceSession(path, self.options, providers=self.providers)
         return self._sessions[path]
+
+    def supports(self, codec: str) -> bool:
+        return codec == "entropic" or codec in IMAGE_CODECS  # image codecs run no network
 
     def features(self, frame: np.ndarray, codec: str, width: int) -> np.ndarray:
         if codec != "entropic":
