@@ -10,7 +10,7 @@ import pytest
 
 from splitserve.codecs import ans
 from splitserve.data.samples import load_sample
-from splitserve.models.manifest import BundleManifest
+from splitserve.models.coding import CodingBundle
 from splitserve.models.zoo import find_bundle
 
 
@@ -23,9 +23,9 @@ def constriction_bytes(symbols: np.ndarray, probabilities: list[np.ndarray]) -> 
 
 @pytest.mark.parametrize("model", ["fmnist-split", "lite0-imagenet"])
 def test_the_same_bytes_as_constriction_for_every_shipped_table(model):
-    bundle = BundleManifest.load(find_bundle(model), verify=False)
+    bundle = CodingBundle.load(find_bundle(model), verify=False)
     rng = np.random.default_rng(7)
-    for width in range(bundle.width_count):
+    for width in range(bundle.student.widths):
         tables = bundle.entropy_tables(width)
         probabilities = [f.astype(np.float64) / float(f.sum()) for f in tables.freqs]
         cdfs = [ans.quantized_cdf(p) for p in probabilities]
@@ -73,7 +73,7 @@ def test_a_device_without_constriction_sends_the_same_payloads(fmnist):
         "head = HeadRunner(local_bundle('fmnist-split'), runtime='onnx')\n"
         "images, _ = load_sample('fmnist-test')\n"
         "out = [[head.encode(img, 'entropic', w).payload.hex() for img in images[:10]]\n"
-        "       for w in range(head.bundle.width_count)]\n"
+        "       for w in range(head.bundle.student.widths)]\n"
         "try:\n"
         "    head.bundle.decoder_for('entropic', 0)\n"
         "except CodecError as exc:\n"

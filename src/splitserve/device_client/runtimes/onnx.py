@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnxruntime as ort
 
-from splitserve.codecs import IMAGE_CODECS
+from splitserve.codecs import PayloadKind, codec_kind
 from splitserve.device_client.runtimes.base import HeadRuntime
 from splitserve.models.coding import CodingBundle
 from splitserve.models.manifest import BundleError
@@ -57,10 +57,11 @@ class OnnxRuntime(HeadRuntime):
         return self._sessions[path]
 
     def supports(self, codec: str) -> bool:
-        return codec == "entropic" or codec in IMAGE_CODECS  # image codecs run no network
+        # the exported graphs are the slimmable heads; image codecs run no network at all
+        return codec_kind(codec) in (PayloadKind.LATENT, PayloadKind.IMAGE)
 
     def features(self, frame: np.ndarray, codec: str, width: int) -> np.ndarray:
-        if codec != "entropic":
+        if codec_kind(codec) is not PayloadKind.LATENT:
             raise ValueError(
                 f"the onnx runtime runs the entropic head only; the {codec} codec needs the teacher's first "
                 "layers: use the torch runtime"
