@@ -46,7 +46,7 @@ from splitserve.device_client.head import EncodedFrame, HeadRunner
 from splitserve.device_client.policy import Decision, FramePlanner, Policy, WidthCost, make_policy, manifest_accuracy
 from splitserve.device_client.transports import Connection, Transport, TransportError, make_transport
 from splitserve.device_client.transports.base import DEFAULT_WINDOW
-from splitserve.device_client.transports.grpc import GRPC_FRAMING, WINDOW_METADATA
+from splitserve.device_client.transports.grpc import GRPC_FRAMING
 from splitserve.models.bundle import Bundle, BundleError
 from splitserve.models.zoo import DEFAULT_MODEL
 from splitserve.proto import edge_inference_pb2 as pb
@@ -648,6 +648,4 @@ class SplitClient:
         self.close()
 
 
-__all__ = [
-    "AsyncSplitClient", "ClientError", "Prediction", "SplitClient", "IMAGE_CODECS", "DEFAULT_WINDOW", "WINDOW_METADATA",
-]
+__all__ = ["AsyncSplitClient", "ClientError", "Prediction", "SplitClient", "IMAGE_CODECS"]

@@ -70,6 +70,18 @@ def exposure_warnings(cfg: ServerConfig) -> list[str]:
     return out
 
 
+def _webrtc_peers(service: EdgeInferenceService, cfg: ServerConfig):  # type: ignore[no-untyped-def]
+    """WebRTC peers beside gRPC streams, when aiortc is installed (Signal answers UNIMPLEMENTED without it)."""
+    try:
+        from splitserve.edge_server.webrtc import WebRTCPeers
+    except ImportError as exc:
+        log.info("WebRTC off: %s (pip install 'splitserve[webrtc]')", exc)
+        return None
+    peers = WebRTCPeers(service)
+    peers.max_message_bytes = cfg.max_message_bytes
+    return peers
+
+
 class EdgeServer:
     def __init__(self, cfg: ServerConfig, batching_overrides: dict | None = None) -> None:
         self.cfg = cfg
@@ -81,6 +93,7 @@ class EdgeServer:
         self.pipeline = InferencePipeline(self.repository, cfg, self.decode_pool)
         self.service = EdgeInferenceService(self.pipeline, self.repository, cfg.max_inflight_per_stream)
         self.service.max_streams = cfg.max_streams
+        self.service.webrtc = _webrtc_peers(self.service, cfg)
         self.health = health.aio.HealthServicer()
         self.metrics = ServerMetrics() if cfg.metrics_port else None
         if self.metrics is not None:
@@ -168,6 +181,8 @@ class EdgeServer:
         except TimeoutError:
             log.warning("drain timeout: %d streams still open", len(self.service.sessions))
         await self.server.stop(grace=2.0)
+        if self.service.webrtc is not None:
+            await self.service.webrtc.close()
         for batcher in self.repository.batchers():
             await batcher.close()
         self.worker.shutdown()
