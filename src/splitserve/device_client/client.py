@@ -193,6 +193,7 @@ class AsyncSplitClient:
         self._stub: pb_grpc.EdgeInferenceStub | None = None
         self._conn: Connection | None = None
         self._connected = asyncio.Event()
+        self._tried = asyncio.Event()  # the first connection opened, or failed to
         self._closing = False
         self._supervisor: asyncio.Task | None = None
         self._head_pool = ThreadPoolExecutor(1, thread_name_prefix="head")
@@ -239,6 +240,11 @@ class AsyncSplitClient:
             await self._channel.close()
             raise ClientError(str(exc)) from None
         self._supervisor = asyncio.create_task(self._supervise(), name="splitclient-stream")
+        # a WebRTC connection takes a few round trips (ICE, DTLS, SCTP): let the first frame find it open
+        try:
+            await asyncio.wait_for(asyncio.shield(self._tried.wait()), self.connect_timeout)
+        except TimeoutError:
+            pass  # frames wait for it (or for their deadline) like after a break
 
     def _transport_defaults(self) -> dict[str, Any]:
         """Options the transport gets unless the caller set them: a datachannel keeps frames for their deadline."""
@@ -306,6 +312,8 @@ class AsyncSplitClient:
             conn = await self.transport.open()
         except TransportError as exc:
             return str(exc), False
+        finally:
+            self._tried.set()
         self._conn = conn
         if self._closing:  # closed while it opened: nothing will be written on it
             await conn.close(graceful=False)
@@ -537,6 +545,9 @@ class AsyncSplitClient:
             # Decided: a result that still comes is dropped. A frame the server holds stays in
             # _inflight until it answers, so the window keeps counting it.
             entry.future.cancel()
+            if self._conn is not None and self._conn.lossy and frame_id in self._outstanding:
+                self._outstanding.discard(frame_id)  # it may never be answered: free its place in the window
+                self._wake.set()
             if frame_id not in self._outstanding:
                 self._inflight.pop(frame_id, None)
             if entry.attempts == 0:

@@ -25,16 +25,14 @@ from collections.abc import AsyncIterator, Callable
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from google.protobuf.message import DecodeError
 
+from splitserve.datachannel import FRAMES_CHANNEL, RESULTS_CHANNEL, tune_sctp
 from splitserve.edge_server.session import StreamSession
 from splitserve.proto import edge_inference_pb2 as pb
 
 log = logging.getLogger("splitserve.server")
 Status = pb.Result.Status
 TRANSPORT = "webrtc"
-# aioice logs every ICE candidate pair at INFO: noise in a server or client log
-logging.getLogger("aioice").setLevel(logging.WARNING)
-FRAMES_CHANNEL = "frames"
-RESULTS_CHANNEL = "results"
+tune_sctp()
 OPEN_TIMEOUT_S = 15.0  # a peer that has not opened its frames channel by then is closed
 _END = None
 

@@ -27,6 +27,9 @@ class Connection(ABC):
 
     #: frames the server lets this connection have in flight (it says so when the connection opens)
     window: int
+    #: whether a frame or its result may vanish without a trace (an unreliable datachannel): then a frame
+    #: past its deadline stops counting as in flight, or lost frames would fill the window for good
+    lossy: bool = False
 
     async def pace(self, nbytes: int) -> None:  # noqa: B027 -- optional: most transports need no pacing
         """Wait until ``nbytes`` more may go on the link (a transport with its own flow control returns at once)."""

@@ -28,6 +28,7 @@ import grpc
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from google.protobuf.message import DecodeError
 
+from splitserve.datachannel import DATACHANNEL_FRAMING, FRAMES_CHANNEL, RESULTS_CHANNEL, tune_sctp
 from splitserve.device_client.channel import ChannelSettings
 from splitserve.device_client.transports.base import (
     DEFAULT_WINDOW,
@@ -40,17 +41,14 @@ from splitserve.proto import edge_inference_pb2 as pb
 from splitserve.proto import edge_inference_pb2_grpc as pb_grpc
 
 log = logging.getLogger("splitserve.device")
-# aioice logs every ICE candidate pair at INFO: noise in a server or client log
-logging.getLogger("aioice").setLevel(logging.WARNING)
-FRAMES_CHANNEL = "frames"
-RESULTS_CHANNEL = "results"
-# per message: SCTP DATA chunk header (16) + DTLS record header and AES-GCM nonce and tag (13 + 8 + 16)
-DATACHANNEL_FRAMING = 16 + 37
+tune_sctp()
 _CLOSED = object()
 
 
 class WebRTCConnection(Connection):
     """One peer connection with its two datachannels."""
+
+    lossy = True
 
     def __init__(
         self,
