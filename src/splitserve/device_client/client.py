@@ -550,7 +550,9 @@ class AsyncSplitClient:
                 self._wake.set()
             if frame_id not in self._outstanding:
                 self._inflight.pop(frame_id, None)
-            if entry.attempts == 0:
+            if entry.attempts == 0 and self.connected:  # the window was full, or the pacer held it
+                why = "never sent: no room on the link for it in time"
+            elif entry.attempts == 0:
                 why = f"never sent: {self._link_note}"
             elif self.connected:
                 why = "the server did not answer in time"
