@@ -69,8 +69,8 @@ def server(start_server):
 
 
 def device_client(address: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "device-client"), "--server", address, "--model", "fmnist-split",
-                           "--transport", "webrtc", *args], capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    cmd = [str(BIN / "device-client"), "--server", address, "--model", "fmnist-split", "--transport", "webrtc", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
 def test_device_client_over_webrtc_answers_every_frame_once(server, tmp_path):
