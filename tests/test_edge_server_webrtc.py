@@ -14,7 +14,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from conftest import BIN, free_port
 from helpers import good_frame
 
-from splitserve.datachannel import FRAMES_CHANNEL, RESULTS_CHANNEL
+from splitserve.datachannel import FRAMES_CHANNEL, RESULTS_CHANNEL, Duplicates
 from splitserve.proto import edge_inference_pb2 as pb
 from splitserve.proto import edge_inference_pb2_grpc as pb_grpc
 
@@ -23,7 +23,10 @@ TOKEN = "webrtc-test-token-0123456789"
 
 
 class RawPeer:
-    """A device's peer connection driven by hand: any bytes on the frames channel, results back."""
+    """A device's peer connection driven by hand: any bytes on the frames channel, results back.
+
+    Like the device client it drops the server's redundant copy of a result (see splitserve.datachannel).
+    """
 
     def __init__(self) -> None:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -33,6 +36,7 @@ class RawPeer:
         for channel in (self.frames, self.results):
             channel.on("message", self.inbox.put_nowait)
         self.answer: pb.PeerAnswer | None = None
+        self.duplicates = Duplicates()
 
     async def connect(self, address: str, metadata=()) -> None:
         opened = asyncio.Event()
@@ -46,8 +50,12 @@ class RawPeer:
 
     async def ask(self, message: bytes | str) -> pb.Result:
         self.frames.send(message)
+        while True:
+            message = await asyncio.wait_for(self.inbox.get(), 10)
+            if not self.duplicates.seen(message):
+                break
         result = pb.Result()
-        result.ParseFromString(await asyncio.wait_for(self.inbox.get(), 10))
+        result.ParseFromString(message)
         return result
 
     async def close(self) -> None:
@@ -192,3 +200,31 @@ def test_a_vanished_device_is_cleaned_up(server):
         proc.wait()
     assert wait_for_no_peers(server, 90) == 0  # aioice: 6 failed consent checks, 5 s apart
     assert server.proc.poll() is None
+
+
+def test_the_redundant_copy_of_a_frame_is_answered_once(server, fmnist):
+    """The device sends small frames twice; the server computes and answers the frame once (twice on the wire)."""
+
+    async def main() -> list[bytes]:
+        peer = RawPeer()
+        try:
+            await peer.connect(server.address)
+            frame = good_frame(fmnist, 11)
+            frame.deadline_ms = 5000
+            data = frame.SerializeToString()
+            peer.frames.send(data)
+            peer.frames.send(data)
+            got = [await asyncio.wait_for(peer.inbox.get(), 10)]
+            try:
+                while True:
+                    got.append(await asyncio.wait_for(peer.inbox.get(), 1.5))
+            except TimeoutError:
+                return got
+        finally:
+            await peer.close()
+
+    got = asyncio.run(main())
+    assert len(got) == 2 and got[0] == got[1]  # one result, and its redundant copy
+    result = pb.Result.FromString(got[0])
+    assert result.status == pb.Result.OK and result.frame_id == 11
+    assert metric(server.metrics_port, "splitserve_transport_frames_received_total", '{transport="webrtc"}') == 1

@@ -10,7 +10,10 @@ deadline, so a lost packet costs one frame, not the frames behind it.
 Each peer's frames feed a ``StreamSession``, exactly as a gRPC stream's do: the
 same pipeline and batcher, the same in-flight window, the same drain. A
 message that is not a Frame gets an INVALID_FRAME Result on the results
-channel; the peer and every other peer go on. A peer that closes, fails
+channel; the peer and every other peer go on. The device sends small frames
+twice (redundancy instead of a retransmission that would come too late): the
+second copy is dropped here, and small final results are sent twice the same
+way. A peer that closes, fails
 (ICE consent lost: the device vanished) or never opens its channels is
 closed and forgotten.
 """
@@ -25,7 +28,7 @@ from collections.abc import AsyncIterator, Callable
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from google.protobuf.message import DecodeError
 
-from splitserve.datachannel import FRAMES_CHANNEL, RESULTS_CHANNEL, tune_sctp
+from splitserve.datachannel import FRAMES_CHANNEL, REDUNDANT_MAX_BYTES, RESULTS_CHANNEL, Duplicates, tune_sctp
 from splitserve.edge_server.session import StreamSession
 from splitserve.proto import edge_inference_pb2 as pb
 
@@ -62,6 +65,7 @@ class Peer:
         self.results_channel: RTCDataChannel | None = None
         self.opened = asyncio.Event()
         self.frames_read = 0
+        self._duplicates = Duplicates()
         self._ended = False
 
     def attach(self, channel: RTCDataChannel) -> None:
@@ -84,6 +88,8 @@ class Peer:
         if len(message) > self.max_message_bytes:
             self.send(self._refusal(0, f"a {len(message)}-byte message is over the {self.max_message_bytes}-byte cap"))
             return
+        if self._duplicates.seen(message):
+            return  # the redundant copy of a frame already taken
         frame = pb.Frame()
         try:
             frame.ParseFromString(message)
@@ -108,8 +114,12 @@ class Peer:
         channel = self.results_channel or self.frames_channel
         if channel is None or channel.readyState != "open":
             return False
+        data = result.SerializeToString()
+        # OVERLOADED / UNAVAILABLE make the device send the frame again: one copy, or it would twice
+        final = result.status not in (Status.OVERLOADED, Status.UNAVAILABLE)
         try:
-            channel.send(result.SerializeToString())
+            for _ in range(2 if final and len(data) <= REDUNDANT_MAX_BYTES else 1):
+                channel.send(data)
         except (ValueError, ConnectionError) as exc:  # the association closed under us
             log.info("cannot send result %d to a peer: %s", result.frame_id, exc)
             return False

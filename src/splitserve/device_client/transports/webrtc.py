@@ -11,6 +11,10 @@ server's ``Signal`` RPC (so the token and TLS of the gRPC channel apply):
 - "results": unordered and reliable by default (results are small; a lost one
   would turn a computed frame into a miss), configurable.
 
+A frame with a deadline that fits in one packet is sent twice (``copies``): redundancy
+rather than a retransmission that would come too late (see ``splitserve.datachannel``);
+the server drops the second copy, and sends small results twice the same way.
+
 A datachannel has no flow control the sender can feel, and aiortc drops what
 overflows, so the sender paces itself: frames leave no faster than the
 bandwidth estimate (times a headroom factor), and never while the channel
@@ -28,7 +32,14 @@ import grpc
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from google.protobuf.message import DecodeError
 
-from splitserve.datachannel import DATACHANNEL_FRAMING, FRAMES_CHANNEL, RESULTS_CHANNEL, tune_sctp
+from splitserve.datachannel import (
+    DATACHANNEL_FRAMING,
+    FRAMES_CHANNEL,
+    REDUNDANT_MAX_BYTES,
+    RESULTS_CHANNEL,
+    Duplicates,
+    tune_sctp,
+)
 from splitserve.device_client.channel import ChannelSettings
 from splitserve.device_client.transports.base import (
     DEFAULT_WINDOW,
@@ -59,6 +70,7 @@ class WebRTCConnection(Connection):
         rate: RateSource,
         headroom: float,
         max_buffered: int,
+        copies: int,
     ) -> None:
         self.pc = pc
         self.frames = frames
@@ -66,6 +78,8 @@ class WebRTCConnection(Connection):
         self.rate = rate
         self.headroom = headroom
         self.max_buffered = max_buffered
+        self.copies = copies
+        self._duplicates = Duplicates()
         self._results: asyncio.Queue = asyncio.Queue()
         self._next_send = 0.0  # monotonic: when the pacer lets the next frame go
         self.dropped_results = 0  # messages on the results channel that were not a Result
@@ -84,6 +98,8 @@ class WebRTCConnection(Connection):
         try:
             if isinstance(message, str):
                 raise DecodeError("a text message")
+            if self._duplicates.seen(message):
+                return  # the redundant copy of a result already taken
             result.ParseFromString(message)
         except DecodeError as exc:
             self.dropped_results += 1
@@ -105,13 +121,19 @@ class WebRTCConnection(Connection):
             if wait > 0:
                 await asyncio.sleep(wait)
                 now = time.monotonic()
-            self._next_send = max(now, self._next_send) + nbytes * 8 / (rate * self.headroom)
+            copies = self.copies if nbytes <= REDUNDANT_MAX_BYTES else 1
+            self._next_send = max(now, self._next_send) + copies * nbytes * 8 / (rate * self.headroom)
 
     async def send(self, frame: pb.Frame) -> None:
         if self.frames.readyState != "open":
             raise TransportError(f"the frames channel is {self.frames.readyState}")
+        data = frame.SerializeToString()
+        # a copy only of frames with a deadline: their bytes differ on every send (the budget left is
+        # stamped in), so the server's duplicate check never mistakes a resend for a copy
+        copies = self.copies if frame.deadline_ms and len(data) <= REDUNDANT_MAX_BYTES else 1
         try:
-            self.frames.send(frame.SerializeToString())
+            for _ in range(copies):
+                self.frames.send(data)
         except ValueError as exc:  # over the peer's message size: this frame cannot go; the others can
             log.warning("frame %d not sent: %s", frame.frame_id, exc)
         except ConnectionError as exc:
@@ -140,7 +162,8 @@ class WebRTCTransport(Transport):
 
     ``deadline_ms`` (the client's frame deadline) is the default lifetime of a frame on the
     link; ``frame_lifetime_ms`` / ``frame_retransmits`` override it (0 retransmits: fire and
-    forget), and ``results_*`` set the results channel (default: unordered, reliable).
+    forget), and ``results_*`` set the results channel (default: unordered, reliable); ``copies=1``
+    turns off the redundant copy of small frames.
     """
 
     name = "webrtc"
@@ -160,12 +183,15 @@ class WebRTCTransport(Transport):
         results_retransmits: int | None = None,
         headroom: float = 1.25,
         max_buffered: int = 64 * 1024,
+        copies: int = 2,
         open_timeout: float = 15.0,
     ) -> None:
         if frame_lifetime_ms is not None and frame_retransmits is not None:
             raise ValueError("set frame_lifetime_ms or frame_retransmits, not both (a datachannel takes one)")
         if results_lifetime_ms is not None and results_retransmits is not None:
             raise ValueError("set results_lifetime_ms or results_retransmits, not both (a datachannel takes one)")
+        if copies not in (1, 2):
+            raise ValueError(f"copies must be 1 or 2, got {copies}")
         if not headroom > 0:
             raise ValueError(f"headroom must be > 0, got {headroom}")
         self.stub = stub
@@ -178,6 +204,7 @@ class WebRTCTransport(Transport):
         self.results_reliability = {"maxPacketLifeTime": results_lifetime_ms, "maxRetransmits": results_retransmits}
         self.headroom = headroom
         self.max_buffered = max_buffered
+        self.copies = copies
         self.open_timeout = open_timeout
 
     async def open(self) -> WebRTCConnection:
@@ -219,4 +246,4 @@ class WebRTCTransport(Transport):
         if failed.is_set():
             raise TransportError(f"the WebRTC connection to {self.settings.target} failed (ICE found no path)")
         window = answer.max_inflight or DEFAULT_WINDOW
-        return WebRTCConnection(pc, frames, results, window, self.rate, self.headroom, self.max_buffered)
+        return WebRTCConnection(pc, frames, results, window, self.rate, self.headroom, self.max_buffered, self.copies)
