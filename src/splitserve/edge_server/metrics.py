@@ -54,6 +54,9 @@ class ServerMetrics:
         self.transport_frames = Counter(
             "splitserve_transport_frames_received", "Frames read off each transport", ("transport",), registry=r
         )
+        for transport in ("grpc", "webrtc"):  # both series exist (at 0) before the first stream of each
+            self.streams.labels(transport)
+            self.transport_frames.labels(transport)
         self.model_loads = Counter(
             "splitserve_model_loads", "Model bundle load attempts, by result (ok / refused)",
             ("model", "version", "status"), registry=r,
