@@ -196,7 +196,7 @@ def test_metrics_after_traffic(start_server, fmnist):
     assert any(k.startswith("splitserve_bytes_received_total") and v > 0 for k, v in samples.items())
     for hist in ("server_latency_seconds", "queue_seconds", "decode_seconds", "tail_seconds", "batch_size"):
         assert any(k.startswith(f"splitserve_{hist}_count") and v > 0 for k, v in samples.items()), hist
-    assert "splitserve_active_streams" in samples and "splitserve_inflight_frames" in samples
+    assert 'splitserve_active_streams{transport="grpc"}' in samples and "splitserve_inflight_frames" in samples
     assert any(k.startswith("splitserve_model_loads_total") and 'status="ok"' in k for k in samples)
     # a made-up model name never becomes a label value
     assert "made-up-model-name" not in text

@@ -29,6 +29,7 @@ def test_contract_has_the_designed_surface():
         "ListModels": (False, False),
         "GetModel": (False, False),
         "GetHead": (False, True),
+        "Signal": (False, False),
     }
     statuses = set(pb.Result.Status.keys())
     assert {"OK", "DEADLINE_EXCEEDED", "INVALID_FRAME", "UNKNOWN_MODEL", "OVERLOADED", "INTERNAL"} <= statuses

@@ -2,6 +2,7 @@
 
     device-client --server localhost:50051 --model fmnist-split --frames 200 --json out.json
     device-client --server edge:50051 --policy adaptive --deadline-ms 150 --fps 10 --records frames.jsonl
+    device-client --server edge:50051 --transport webrtc --deadline-ms 150 --fps 10   # datachannel, lossy links
 
 Frames come from the sample shipped with the model (real test images with
 labels), so accuracy is measured, not assumed. With ``--fps`` frames are
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from splitserve.codecs import CODEC_IDS, codec_kind
+from splitserve.device_client.transports import TRANSPORTS
 from splitserve.models.zoo import DEFAULT_MODEL
 from splitserve.timing import latency_summary
 
@@ -57,6 +59,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--client-cert", default="", help="PEM client certificate (mutual TLS)")
     p.add_argument("--client-key", default="", help="PEM client key (mutual TLS)")
     p.add_argument("--server-name", default="", help="name to check the server certificate against")
+    p.add_argument("--transport", default="grpc",
+                   help="grpc (one HTTP/2 stream) | webrtc (an unordered datachannel: a lost packet costs one frame, "
+                        "not the frames behind it)")  # fmt: skip
+    p.add_argument(
+        "--frame-retransmits",
+        type=int,
+        default=None,
+        help="webrtc: retransmit a frame at most this often (default: while its deadline allows)",
+    )
     p.add_argument("--connect-timeout", type=float, default=15.0, help="seconds to wait for the server")
     p.add_argument("--start-at", type=float, default=0.0,
                    help="Unix time of the first capture (aligns runs with an emulated link's clock)")  # fmt: skip
@@ -65,6 +76,10 @@ def parser() -> argparse.ArgumentParser:
 
 def check_args(args: argparse.Namespace) -> str:
     """What is wrong with the flags, before anything starts ("" when nothing is)."""
+    if args.transport not in TRANSPORTS:
+        return f"--transport {args.transport}: unknown transport; one of {', '.join(TRANSPORTS)}"
+    if args.frame_retransmits is not None and (args.transport != "webrtc" or args.frame_retransmits < 0):
+        return "--frame-retransmits: a number >= 0, with --transport webrtc only"
     if args.codec not in CODEC_IDS:
         return f"--codec {args.codec}: unknown codec; one of {', '.join(CODEC_IDS)}"
     for flag, value, low in (("--frames", args.frames, 1), ("--concurrency", args.concurrency, 1),
@@ -134,7 +149,8 @@ async def run(args: argparse.Namespace) -> int:
     client = AsyncSplitClient(
         args.server, args.model, version=args.version, channel=settings, fetch=args.fetch, codec=args.codec,
         width=args.width, policy=args.policy, deadline_ms=args.deadline_ms, image_quality=args.quality,
-        slowdown=args.slowdown, connect_timeout=args.connect_timeout, runtime=args.runtime,
+        slowdown=args.slowdown, connect_timeout=args.connect_timeout, runtime=args.runtime, transport=args.transport,
+        transport_options={} if args.frame_retransmits is None else {"frame_retransmits": args.frame_retransmits},
     )  # fmt: skip
     try:
         await client.connect()
@@ -196,7 +212,8 @@ async def run(args: argparse.Namespace) -> int:
     summary = summarize(predictions, labels[idx], args.deadline_ms)
     summary.update(model=f"{bundle.name}:{bundle.version}", codec=args.codec, policy=args.policy,
                    runtime=client.head.runtime.name,  # type: ignore[union-attr]
-                   width=args.width, reconnects=client.reconnects, slowdown=args.slowdown)  # fmt: skip
+                   width=args.width, reconnects=client.reconnects, slowdown=args.slowdown,
+                   transport=args.transport)  # fmt: skip
     summary["frames_per_s"] = n / elapsed if elapsed > 0 else 0.0
     acc = summary["accuracy"]
     p50, p95 = summary["latency_ms"]["p50"], summary["latency_ms"]["p95"]

@@ -1,4 +1,4 @@
-"""SplitClient: run the head here, the tail on an edge server, over one gRPC stream.
+"""SplitClient: run the head here, the tail on an edge server, over one gRPC stream or a WebRTC datachannel.
 
     with SplitClient("edge.local:50051", "fmnist-split", policy="adaptive", deadline_ms=150) as client:
         prediction = client.infer(frame)          # uint8 (H, W, C)
@@ -10,7 +10,8 @@ the wire, and results are matched to frames by id (they may return out of order)
 
 Every frame ends with exactly one Prediction, by its deadline (or, without one,
 by the client's give-up time), whatever the server or the link does: a timer per
-frame ends it, not the stream. A result that arrives after the deadline is a miss
+frame ends it, not the stream. The transport (``transports/``: gRPC, WebRTC)
+only carries frames and results; all of this holds the same on each. A result that arrives after the deadline is a miss
 (DEADLINE_EXCEEDED). If the stream breaks, the client reconnects with exponential
 backoff and jitter; frames that had no result yet are sent again on the new
 stream while their deadline allows. Frames are written within the server's
@@ -43,6 +44,9 @@ from splitserve.device_client.channel import ChannelSettings, aio_channel, expla
 from splitserve.device_client.head import EncodedFrame, HeadRunner
 from splitserve.device_client.policy import Decision, FramePlanner, Policy, WidthCost, make_policy, manifest_accuracy
 from splitserve.device_client.runtimes import RuntimeUnavailable
+from splitserve.device_client.transports import Connection, Transport, TransportError, make_transport
+from splitserve.device_client.transports.base import DEFAULT_WINDOW
+from splitserve.device_client.transports.grpc import GRPC_FRAMING
 from splitserve.models.coding import CodingBundle
 from splitserve.models.manifest import BundleError
 from splitserve.models.zoo import DEFAULT_MODEL
@@ -53,18 +57,13 @@ if TYPE_CHECKING:  # the SDK imports torch only when the torch runtime is chosen
     import torch
 
 log = logging.getLogger("splitserve.device")
-# HTTP/2 DATA frame header + gRPC length prefix around each message
-GRPC_FRAMING = 9 + 5
-# The stream's initial metadata carries the server's in-flight window (frames per stream).
-WINDOW_METADATA = "splitserve-max-inflight"
-DEFAULT_WINDOW = 16  # a server that does not say its window gets this many frames at once
 # Results that mean "not now": the frame is sent again while its deadline allows.
 RETRY_STATUSES = (pb.Result.Status.OVERLOADED, pb.Result.Status.UNAVAILABLE)
 RETRY_BACKOFF_S = 0.02
 
 
 def wire_bytes(frame: pb.Frame) -> int:
-    """Bytes a frame puts on the link (TCP payload), payload and message framing included."""
+    """Bytes a frame puts on a gRPC stream (TCP payload), payload and message framing included."""
     return frame.ByteSize() + GRPC_FRAMING
 
 
@@ -174,6 +173,8 @@ class AsyncSplitClient:
         connect_timeout: float = 15.0,
         max_backoff_s: float = 5.0,
         give_up_s: float = 30.0,
+        transport: str = "grpc",
+        transport_options: dict[str, Any] | None = None,
     ) -> None:
         self.settings = channel or ChannelSettings(target=server)
         self.settings.target = server
@@ -192,6 +193,9 @@ class AsyncSplitClient:
         self.connect_timeout = connect_timeout
         self.max_backoff_s = max_backoff_s
         self.give_up_s = give_up_s
+        self.transport_name = transport
+        self.transport_options = dict(transport_options or {})
+        self.transport: Transport | None = None
         self.bundle: Any = None  # a CodingBundle; the full torch Bundle with the torch runtime
         self.head: HeadRunner | None = None
         self.policy: Policy | None = None
@@ -209,8 +213,9 @@ class AsyncSplitClient:
         self._link_note = "not connected yet"  # why the stream is down, for the frames that wait
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.EdgeInferenceStub | None = None
-        self._call = None
+        self._conn: Connection | None = None
         self._connected = asyncio.Event()
+        self._tried = asyncio.Event()  # the first connection opened, or failed to
         self._closing = False
         self._supervisor: asyncio.Task | None = None
         self._head_pool = ThreadPoolExecutor(1, thread_name_prefix="head")
@@ -260,7 +265,30 @@ class AsyncSplitClient:
         self.bundle = self.head.bundle
         self.policy = self._make_policy()
         self.planner = FramePlanner(self.policy, self.monitor) if self.policy is not None else None
+        try:
+            self.transport = make_transport(
+                self.transport_name, self._stub, self.settings, self._link_rate, **self._transport_defaults()
+            )
+        except (ValueError, TypeError) as exc:
+            await self._channel.close()
+            raise ClientError(str(exc)) from None
         self._supervisor = asyncio.create_task(self._supervise(), name="splitclient-stream")
+        # a WebRTC connection takes a few round trips (ICE, DTLS, SCTP): let the first frame find it open
+        try:
+            await asyncio.wait_for(asyncio.shield(self._tried.wait()), self.connect_timeout)
+        except TimeoutError:
+            pass  # frames wait for it (or for their deadline) like after a break
+
+    def _transport_defaults(self) -> dict[str, Any]:
+        """Options the transport gets unless the caller set them: a datachannel keeps frames for their deadline."""
+        options = dict(self.transport_options)
+        if self.transport_name == "webrtc" and self.deadline_ms:
+            options.setdefault("deadline_ms", self.deadline_ms)
+        return options
+
+    def _link_rate(self) -> float | None:
+        """The bandwidth estimate (bit/s), for a transport that paces its sends."""
+        return self.monitor.estimate(self._pending()).bandwidth_bps
 
     def _make_policy(self) -> Policy | None:
         spec = self.policy_spec
@@ -291,12 +319,9 @@ class AsyncSplitClient:
         Frames never wait on this loop: each has its own timer (see ``_send``), so a
         server that dies and never comes back costs each frame its deadline, no more.
         """
-        assert self._stub is not None
         attempt = 0
         while not self._closing:
-            call = self._stub.Stream(metadata=self.settings.metadata(), wait_for_ready=True)
-            self._call = call
-            reason, answered = await self._run_stream(call)
+            reason, answered = await self._run_connection()
             self._connected.clear()
             self._link_note = f"the stream to {self.settings.target} broke ({reason})"
             if self._closing:
@@ -309,37 +334,41 @@ class AsyncSplitClient:
             await asyncio.sleep(delay)
         self._fail_all("the client closed")
 
-    async def _run_stream(self, call) -> tuple[str, bool]:  # type: ignore[no-untyped-def]
-        """One stream, from the server's hello (its window) until it ends: (why it ended, any results?)."""
+    async def _run_connection(self) -> tuple[str, bool]:
+        """One connection, from the server's hello (its window) until it ends: (why it ended, any results?)."""
+        assert self.transport is not None
         try:
-            metadata = await call.initial_metadata()
-        except grpc.aio.AioRpcError as exc:
-            return f"{exc.code().name}: {exc.details()}", False
-        if call.done():  # refused before it began (draining, too many streams, bad token)
-            return await self._read(call)
-        window = dict(metadata or ()).get(WINDOW_METADATA)
-        self._window = int(window) if window and str(window).isdigit() and int(window) > 0 else DEFAULT_WINDOW
-        self._connected.set()
-        writer = asyncio.create_task(self._pump(call), name="splitclient-writer")
-        try:
-            return await self._read(call)
+            conn = await self.transport.open()
+        except TransportError as exc:
+            return str(exc), False
         finally:
-            writer.cancel()
-
-    async def _read(self, call) -> tuple[str, bool]:  # type: ignore[no-untyped-def]
+            self._tried.set()
+        self._conn = conn
+        if self._closing:  # closed while it opened: nothing will be written on it
+            await conn.close(graceful=False)
+            return "the client closed", False
+        self._window = conn.window
+        self._connected.set()
+        writer = asyncio.create_task(self._pump(conn), name="splitclient-writer")
         answered = False
         try:
-            async for result in call:
+            async for result in conn.results():
                 answered = True
                 self._on_result(result)
             return "the server ended the stream", answered
-        except grpc.aio.AioRpcError as exc:
-            return f"{exc.code().name}: {exc.details()}", answered
+        except TransportError as exc:
+            return str(exc), answered
         except asyncio.CancelledError:
             return "cancelled", answered
+        finally:
+            writer.cancel()
 
-    async def _pump(self, call) -> None:  # type: ignore[no-untyped-def]
-        """Write frames in order, never more unanswered ones than the server's window holds."""
+    async def _pump(self, conn: Connection) -> None:
+        """Write frames in order, never more unanswered ones than the server's window holds.
+
+        A transport that paces (WebRTC) may hold a frame back; one whose deadline passes
+        meanwhile is not sent at all: its timer gives it its one outcome.
+        """
         while True:
             entry, wait = self._next_to_write()
             if entry is None:
@@ -349,18 +378,24 @@ class AsyncSplitClient:
                 except TimeoutError:
                     pass
                 continue
+            self._outstanding.add(entry.frame.frame_id)  # holds its place in the window while paced
+            await conn.pace(self._wire_bytes(entry.frame))
             now = time.monotonic()
+            if entry.future.done() or (entry.has_deadline and now >= entry.expires):
+                self._outstanding.discard(entry.frame.frame_id)  # too late to be of use: never sent
+                if entry.future.done():
+                    self._inflight.pop(entry.frame.frame_id, None)
+                continue
             entry.attempts += 1
             entry.sent_at = now
             if entry.has_deadline:  # the server counts the budget from arrival: send what is left of it
                 entry.frame.deadline_ms = max(1, int((entry.expires - now) * 1e3))
-            self._outstanding.add(entry.frame.frame_id)
             try:
-                await call.write(entry.frame)
-            except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
-                # the stream broke: the supervisor sends the frame again on the next one
-                log.warning("writing frame %d failed (%s: %s); it goes again on the next stream",
-                            entry.frame.frame_id, type(exc).__name__, exc)  # fmt: skip
+                await conn.send(entry.frame)
+            except TransportError as exc:
+                # the connection broke: the supervisor sends the frame again on the next one
+                log.warning("sending frame %d failed (%s); it goes again on the next connection",
+                            entry.frame.frame_id, exc)  # fmt: skip
                 return
 
     def _next_to_write(self) -> tuple[_InFlight | None, float | None]:
@@ -403,9 +438,9 @@ class AsyncSplitClient:
         if result.status in (pb.Result.Status.OK, pb.Result.Status.DEADLINE_EXCEEDED):
             elapsed_ms = (now - entry.sent_at) * 1e3
             if self.planner is not None:
-                self.planner.result(wire_bytes(entry.frame), elapsed_ms, result.timings.total_ms)
+                self.planner.result(self._wire_bytes(entry.frame), elapsed_ms, result.timings.total_ms)
             else:
-                self.monitor.add(wire_bytes(entry.frame), elapsed_ms, result.timings.total_ms)
+                self.monitor.add(self._wire_bytes(entry.frame), elapsed_ms, result.timings.total_ms)
         if entry.future.done():
             return  # its outcome was already decided (its deadline passed)
         entry.answered_at = now
@@ -455,10 +490,13 @@ class AsyncSplitClient:
             return Decision(local=False, width=self.width)
         return self.planner.plan(deadline_ms, self.connected, self._pending())[0]
 
+    def _wire_bytes(self, frame: pb.Frame) -> int:
+        return self.transport.wire_bytes(frame) if self.transport is not None else wire_bytes(frame)
+
     def _pending(self) -> list[tuple[int, float]]:
         """(wire bytes, send time) of frames written and not answered: the monitor's evidence of a slow link."""
         sent = (self._inflight.get(i) for i in self._outstanding)
-        return [(wire_bytes(e.frame), e.sent_at) for e in sent if e is not None and e.sent_at]
+        return [(self._wire_bytes(e.frame), e.sent_at) for e in sent if e is not None and e.sent_at]
 
     async def _probe(self, image: np.ndarray | torch.Tensor, width: int) -> None:
         """Send a frame only to measure the link: no deadline, so a late answer still measures it."""
@@ -540,9 +578,14 @@ class AsyncSplitClient:
             # Decided: a result that still comes is dropped. A frame the server holds stays in
             # _inflight until it answers, so the window keeps counting it.
             entry.future.cancel()
+            if self._conn is not None and self._conn.lossy and frame_id in self._outstanding:
+                self._outstanding.discard(frame_id)  # it may never be answered: free its place in the window
+                self._wake.set()
             if frame_id not in self._outstanding:
                 self._inflight.pop(frame_id, None)
-            if entry.attempts == 0:
+            if entry.attempts == 0 and self.connected:  # the window was full, or the pacer held it
+                why = "never sent: no room on the link for it in time"
+            elif entry.attempts == 0:
                 why = f"never sent: {self._link_note}"
             elif self.connected:
                 why = "the server did not answer in time"
@@ -580,20 +623,16 @@ class AsyncSplitClient:
     async def close(self) -> None:
         """End the stream (the server answers what it holds first, for a few seconds at most)."""
         self._closing = True
-        if self._call is not None:
-            if self.connected:
-                try:
-                    await asyncio.wait_for(self._call.done_writing(), 2.0)
-                except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError, TimeoutError):
-                    self._call.cancel()
-            else:  # no server to say goodbye to
-                self._call.cancel()
+        if self._conn is not None:  # without a server to say goodbye to, at once
+            await self._conn.close(graceful=self.connected)
         if self._supervisor is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._supervisor), 5.0)
             except TimeoutError:
                 self._supervisor.cancel()
         self._fail_all("the client closed")
+        if self.transport is not None:
+            await self.transport.close()
         if self._channel is not None:
             await self._channel.close()
         self._head_pool.shutdown(wait=False)

@@ -1,4 +1,4 @@
-"""Prometheus metrics, all prefixed ``splitserve_``; labels model, version, width, status only.
+"""Prometheus metrics, all prefixed ``splitserve_``; labels model, version, width, status, transport only.
 
 ``width`` is the width index for entropic frames and the path name ("features",
 "image") for the raw-feature and image baselines, so label cardinality stays
@@ -57,7 +57,17 @@ class ServerMetrics:
             "splitserve_inflight_frames", "Frames accepted and not yet answered",
             registry=r, multiprocess_mode="livesum",
         )  # fmt: skip
-        self.streams = Gauge("splitserve_active_streams", "Open Stream calls", registry=r, multiprocess_mode="livesum")
+        # transport: "grpc" (Stream calls) or "webrtc" (peer connections)
+        self.streams = Gauge(
+            "splitserve_active_streams", "Open streams: gRPC Stream calls and WebRTC peers", ("transport",),
+            registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.transport_frames = Counter(
+            "splitserve_transport_frames_received", "Frames read off each transport", ("transport",), registry=r
+        )
+        for transport in ("grpc", "webrtc"):  # both series exist (at 0) before the first stream of each
+            self.streams.labels(transport)
+            self.transport_frames.labels(transport)
         self.model_loads = Counter(
             "splitserve_model_loads", "Model bundle load attempts, by result (ok / refused)",
             ("model", "version", "status"), registry=r,

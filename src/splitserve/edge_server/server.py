@@ -86,6 +86,18 @@ def process_age_s() -> float | None:
     return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
 
 
+def _webrtc_peers(service: EdgeInferenceService, cfg: ServerConfig):  # type: ignore[no-untyped-def]
+    """WebRTC peers beside gRPC streams, when aiortc is installed (Signal answers UNIMPLEMENTED without it)."""
+    try:
+        from splitserve.edge_server.webrtc import WebRTCPeers
+    except ImportError as exc:
+        log.info("WebRTC off: %s (pip install 'splitserve[webrtc]')", exc)
+        return None
+    peers = WebRTCPeers(service)
+    peers.max_message_bytes = cfg.max_message_bytes
+    return peers
+
+
 class EdgeServer:
     """One server process. With ``serve_metrics=False`` it records metrics but leaves the /metrics
     endpoint to its supervisor (``--workers``: Prometheus multiprocess mode, one port for all)."""
@@ -101,6 +113,7 @@ class EdgeServer:
         self.pipeline = InferencePipeline(self.repository, cfg, self.decode_pool)
         self.service = EdgeInferenceService(self.pipeline, self.repository, cfg.max_inflight_per_stream)
         self.service.max_streams = cfg.max_streams
+        self.service.webrtc = _webrtc_peers(self.service, cfg)
         self.health = health.aio.HealthServicer()
         self.metrics = ServerMetrics() if cfg.metrics_port else None
         if self.metrics is not None:
@@ -202,6 +215,8 @@ class EdgeServer:
         except TimeoutError:
             log.warning("drain timeout: %d streams still open", len(self.service.sessions))
         await self.server.stop(grace=2.0)
+        if self.service.webrtc is not None:
+            await self.service.webrtc.close()
         for batcher in self.repository.batchers():
             await batcher.close()
         self.worker.shutdown()

@@ -22,6 +22,12 @@ CHUNK_BYTES = 64 * 1024
 WINDOW_METADATA = "splitserve-max-inflight"
 
 
+async def _counted(frames: AsyncIterator[pb.Frame], counter) -> AsyncIterator[pb.Frame]:  # type: ignore[no-untyped-def]
+    async for frame in frames:
+        counter.inc()
+        yield frame
+
+
 def manifest_message(bundle: Bundle, labels: bool = True) -> pb.ModelManifest:
     """The bundle's manifest on the wire; without ``labels`` the class names and the full
     manifest.json stay out (a listing of every model need not carry 1,000 ImageNet labels)."""
@@ -59,6 +65,7 @@ class EdgeInferenceService(pb_grpc.EdgeInferenceServicer):
         self.sessions: set[StreamSession] = set()
         self.max_streams: int | None = None
         self.metrics = None  # ServerMetrics, when on
+        self.webrtc = None  # WebRTCPeers, when aiortc is installed (the server sets it)
 
     async def Stream(self, request_iterator, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Result]:
         if self.draining.is_set():
@@ -71,14 +78,32 @@ class EdgeInferenceService(pb_grpc.EdgeInferenceServicer):
         session = StreamSession(self.pipeline, self.max_inflight, self.draining)
         self.sessions.add(session)
         if self.metrics is not None:
-            self.metrics.streams.inc()
+            self.metrics.streams.labels("grpc").inc()
+            request_iterator = _counted(request_iterator, self.metrics.transport_frames.labels("grpc"))
         try:
             async for result in session.results(request_iterator):
                 yield result
         finally:
             self.sessions.discard(session)
             if self.metrics is not None:
-                self.metrics.streams.dec()
+                self.metrics.streams.labels("grpc").dec()
+
+    async def Signal(self, request: pb.PeerOffer, context: grpc.aio.ServicerContext) -> pb.PeerAnswer:
+        """WebRTC signaling: the device's offer in, our answer out; frames then travel on its datachannels."""
+        if self.webrtc is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this server has no WebRTC (pip install aiortc)")
+        if self.draining.is_set():
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
+        if self.max_streams is not None and len(self.sessions) >= self.max_streams:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"this server already has {len(self.sessions)} streams open"
+            )
+        from splitserve.edge_server.webrtc import SignalError
+
+        try:
+            return await self.webrtc.answer(request)
+        except SignalError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
     async def Infer(self, request: pb.Frame, context: grpc.aio.ServicerContext) -> pb.Result:
         t0 = time.perf_counter()

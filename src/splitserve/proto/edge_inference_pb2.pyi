@@ -212,3 +212,21 @@ class ModelManifest(_message.Message):
     bundle_sha256: str
     manifest_json: str
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., task: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., labels: _Optional[_Iterable[str]] = ..., widths: _Optional[_Iterable[_Union[WidthInfo, _Mapping]]] = ..., codecs: _Optional[_Iterable[str]] = ..., files: _Optional[_Iterable[_Union[FileInfo, _Mapping]]] = ..., bundle_sha256: _Optional[str] = ..., manifest_json: _Optional[str] = ...) -> None: ...
+
+class PeerOffer(_message.Message):
+    __slots__ = ("sdp", "type")
+    SDP_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    sdp: str
+    type: str
+    def __init__(self, sdp: _Optional[str] = ..., type: _Optional[str] = ...) -> None: ...
+
+class PeerAnswer(_message.Message):
+    __slots__ = ("sdp", "type", "max_inflight")
+    SDP_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    MAX_INFLIGHT_FIELD_NUMBER: _ClassVar[int]
+    sdp: str
+    type: str
+    max_inflight: int
+    def __init__(self, sdp: _Optional[str] = ..., type: _Optional[str] = ..., max_inflight: _Optional[int] = ...) -> None: ...

@@ -61,6 +61,11 @@ class EdgeInferenceStub:
                 request_serializer=splitserve_dot_v1_dot_edge__inference__pb2.GetHeadRequest.SerializeToString,
                 response_deserializer=splitserve_dot_v1_dot_edge__inference__pb2.Chunk.FromString,
                 _registered_method=True)
+        self.Signal = channel.unary_unary(
+                '/splitserve.v1.EdgeInference/Signal',
+                request_serializer=splitserve_dot_v1_dot_edge__inference__pb2.PeerOffer.SerializeToString,
+                response_deserializer=splitserve_dot_v1_dot_edge__inference__pb2.PeerAnswer.FromString,
+                _registered_method=True)
 
 
 class EdgeInferenceServicer:
@@ -107,6 +112,17 @@ class EdgeInferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Signal(self, request, context):
+        """WebRTC signaling: the device sends its SDP offer (all ICE candidates
+        gathered), the server answers with its own. Frames and Results then
+        travel as these same messages on the peer connection's datachannels
+        ("frames" device -> server, "results" server -> device). Being a gRPC
+        call, it takes the same bearer token and TLS as Stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EdgeInferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -134,6 +150,11 @@ def add_EdgeInferenceServicer_to_server(servicer, server):
                     servicer.GetHead,
                     request_deserializer=splitserve_dot_v1_dot_edge__inference__pb2.GetHeadRequest.FromString,
                     response_serializer=splitserve_dot_v1_dot_edge__inference__pb2.Chunk.SerializeToString,
+            ),
+            'Signal': grpc.unary_unary_rpc_method_handler(
+                    servicer.Signal,
+                    request_deserializer=splitserve_dot_v1_dot_edge__inference__pb2.PeerOffer.FromString,
+                    response_serializer=splitserve_dot_v1_dot_edge__inference__pb2.PeerAnswer.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -273,6 +294,33 @@ class EdgeInference:
             '/splitserve.v1.EdgeInference/GetHead',
             splitserve_dot_v1_dot_edge__inference__pb2.GetHeadRequest.SerializeToString,
             splitserve_dot_v1_dot_edge__inference__pb2.Chunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Signal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/splitserve.v1.EdgeInference/Signal',
+            splitserve_dot_v1_dot_edge__inference__pb2.PeerOffer.SerializeToString,
+            splitserve_dot_v1_dot_edge__inference__pb2.PeerAnswer.FromString,
             options,
             channel_credentials,
             insecure,

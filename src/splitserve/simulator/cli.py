@@ -3,6 +3,7 @@
     simulate --bandwidth 2mbps --delay 20ms                    # real server + clients, userspace link
     simulate --trace fluctuating.up --plot run.png             # a bundled trace, or a Mahimahi file
     simulate --bandwidth 2mbps --loss 1% --netns               # kernel TCP over TUN devices (root)
+    simulate --loss 5% --netns --transport grpc,webrtc         # TCP stream vs unordered datachannel
     simulate sweep --bandwidth 0.1mbps..50mbps --plot sweep.png  # analytic model, crossover points
 
 Strategies: local, jpeg[:Q], webp[:Q], png, fp16, int8, split:W, adaptive (default: local, jpeg,
@@ -48,6 +49,12 @@ def _common(p: argparse.ArgumentParser, sweep: bool) -> None:
     p.add_argument("--fps", type=float, default=10.0, help="camera frame rate (default 10)")
     p.add_argument("--deadline", default="150ms", help="per-frame deadline (default 150ms)")
     p.add_argument("--strategies", help="comma-separated strategies (default: all)")
+    if not sweep:
+        p.add_argument(
+            "--transport",
+            default="grpc",
+            help="comma-separated: grpc, webrtc (each strategy runs on each; webrtc needs --netns)",
+        )
     p.add_argument("--device-slowdown", type=float, help="scale device compute by this factor")
     p.add_argument("--device-profile", choices=sorted(DEVICE_PROFILES),
                    help=f"named slowdown: {', '.join(f'{k}={v:g}x' for k, v in DEVICE_PROFILES.items())}")  # fmt: skip
@@ -109,7 +116,7 @@ def run_main(args: argparse.Namespace) -> int:
     from splitserve.models.zoo import load
     from splitserve.simulator import report
     from splitserve.simulator.experiment import ExperimentConfig, run_experiment
-    from splitserve.simulator.strategies import parse_strategies
+    from splitserve.simulator.strategies import parse_strategies, with_transports
     from splitserve.simulator.units import parse_rate, parse_time_ms
 
     show = sys.stderr.isatty() or args.progress
@@ -118,6 +125,10 @@ def run_main(args: argparse.Namespace) -> int:
     slowdown, note = _slowdown(args)
     up, down = _links(args, parse_rate(args.bandwidth))
     strategies = parse_strategies(args.strategies, bundle.student.widths)
+    transports = [t.strip() for t in args.transport.split(",") if t.strip()]
+    if args.analytic and transports != ["grpc"]:
+        raise ValueError("--analytic models the link, not a transport: drop --transport, or run without --analytic")
+    strategies = with_transports(strategies, transports)
     deadline = parse_time_ms(args.deadline)
     if args.analytic:
         result = analytic_run(

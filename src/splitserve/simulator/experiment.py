@@ -178,6 +178,7 @@ def score(run: StrategyRun, labels: np.ndarray, teacher: np.ndarray, deadline_ms
     missed = (~ok) | (lat > deadline_ms) if deadline_ms else ~ok
     return {
         "name": run.strategy.name,
+        "transport": run.strategy.transport,
         "bytes_per_frame": float(np.mean([r["bytes"] for r in recs])),
         "latency_ms": latency_summary(ok_lat),
         "deadline_miss": float(np.mean(missed)),
@@ -205,6 +206,9 @@ def run_experiment(cfg: ExperimentConfig, on_progress: Callable[[str, int], None
     from splitserve.data.samples import load_sample
     from splitserve.models.zoo import load
 
+    if not cfg.netns and any(s.transport == "webrtc" for s in cfg.strategies):
+        # the userspace proxy relays TCP only, and ICE would find a direct UDP path around it
+        raise ValueError("the webrtc transport needs --netns (the userspace link proxy carries TCP only)")
     bundle = load(cfg.model)
     images, labels = load_sample(bundle.manifest.get("sample") or "")
     teacher = reference_predictions(bundle, images)

@@ -5,11 +5,14 @@
 - ``fp16`` / ``int8``: split at the same layer, raw teacher features (no learned bottleneck).
 - ``split:W``: the entropic codec at fixed width W.
 - ``adaptive``: the entropic codec, width chosen per frame by the bandwidth monitor and policy.
+
+Each runs on one transport, gRPC unless ``--transport`` names others: then every
+strategy that uses the link runs once per transport, named ``name@transport``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from splitserve.codecs import CODEC_IDS, PayloadKind, codec_kind
 
@@ -21,6 +24,7 @@ class Strategy:
     width: int = -1
     quality: int = 75
     adaptive: bool = False
+    transport: str = "grpc"
 
     @property
     def local(self) -> bool:
@@ -36,7 +40,10 @@ class Strategy:
 
     def client_args(self) -> list[str]:
         """device-client flags that run this strategy."""
-        if self.codec is None:
+        return [*self._path_args(), "--transport", self.transport]
+
+    def _path_args(self) -> list[str]:
+        if self.local:
             return ["--policy", "local"]
         if self.adaptive:
             return ["--policy", "adaptive"]
@@ -87,3 +94,23 @@ def parse_strategies(spec: str | None, widths: int) -> list[Strategy]:
     if len({s.name for s in strategies}) != len(strategies):
         raise ValueError("each strategy may appear only once")
     return strategies
+
+
+def with_transports(strategies: list[Strategy], transports: list[str]) -> list[Strategy]:
+    """Every strategy on each transport (``split:3@webrtc``); local runs once, it has no link."""
+    from splitserve.device_client.transports import TRANSPORTS
+
+    for t in transports:
+        if t not in TRANSPORTS:
+            raise ValueError(f"unknown transport {t!r}; one of {', '.join(TRANSPORTS)}")
+    if len(set(transports)) != len(transports) or not transports:
+        raise ValueError("name each transport once")
+    if transports == ["grpc"]:
+        return strategies
+    out = []
+    for s in strategies:
+        if s.local:
+            out.append(s)
+            continue
+        out += [replace(s, name=f"{s.name}@{t}", transport=t) for t in transports]
+    return out

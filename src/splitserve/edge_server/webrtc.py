@@ -1,0 +1,218 @@
+"""WebRTC peers: the datachannel transport beside the gRPC stream.
+
+A device signals through ``EdgeInference.Signal`` (a unary gRPC call, so the
+bearer token and TLS apply to it as to ``Stream``): its SDP offer in, the
+server's answer out. The device opens two datachannels on the peer connection,
+"frames" (its Frames) and "results" (our Results), and chooses their
+reliability itself: frames unordered and abandoned once they cannot make their
+deadline, so a lost packet costs one frame, not the frames behind it.
+
+Each peer's frames feed a ``StreamSession``, exactly as a gRPC stream's do: the
+same pipeline and batcher, the same in-flight window, the same drain. A
+message that is not a Frame gets an INVALID_FRAME Result on the results
+channel; the peer and every other peer go on. The device sends small frames
+twice (redundancy instead of a retransmission that would come too late): the
+second copy is dropped here, and small final results are sent twice the same
+way. A peer that closes, fails
+(ICE consent lost: the device vanished) or never opens its channels is
+closed and forgotten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from google.protobuf.message import DecodeError
+
+from splitserve.datachannel import FRAMES_CHANNEL, REDUNDANT_MAX_BYTES, RESULTS_CHANNEL, Duplicates, tune_sctp
+from splitserve.edge_server.session import StreamSession
+from splitserve.proto import edge_inference_pb2 as pb
+
+log = logging.getLogger("splitserve.server")
+Status = pb.Result.Status
+TRANSPORT = "webrtc"
+tune_sctp()
+OPEN_TIMEOUT_S = 15.0  # a peer that has not opened its frames channel by then is closed
+_END = None
+
+
+def _nothing() -> None:
+    pass
+
+
+class SignalError(ValueError):
+    """The offer cannot be answered; the message says why (it goes back as INVALID_ARGUMENT)."""
+
+
+class Peer:
+    """One device's peer connection: datachannel messages in, a StreamSession, Results out."""
+
+    def __init__(
+        self, pc: RTCPeerConnection, session: StreamSession, max_message_bytes: int, on_frame: Callable[[], None]
+    ) -> None:
+        self.pc = pc
+        self.on_frame = on_frame
+        self.session = session
+        self.max_message_bytes = max_message_bytes
+        # frames parsed and not yet taken by the session; bounded: the session reads at once unless
+        # the device leaves results unread, and then it should not send more anyway
+        self._frames: asyncio.Queue = asyncio.Queue(maxsize=max(16, 2 * session.max_inflight))
+        self.frames_channel: RTCDataChannel | None = None
+        self.results_channel: RTCDataChannel | None = None
+        self.opened = asyncio.Event()
+        self.frames_read = 0
+        self._duplicates = Duplicates()
+        self._ended = False
+
+    def attach(self, channel: RTCDataChannel) -> None:
+        if channel.label == RESULTS_CHANNEL:
+            self.results_channel = channel
+            return
+        if channel.label != FRAMES_CHANNEL or self.frames_channel is not None:
+            log.warning("peer opened an unexpected datachannel %r; closing it", channel.label)
+            channel.close()
+            return
+        self.frames_channel = channel
+        channel.on("message", self._on_message)
+        channel.on("close", self.end)
+        self.opened.set()
+
+    def _on_message(self, message: bytes | str) -> None:
+        if isinstance(message, str):
+            self.send(self._refusal(0, "a text message on the frames channel: send a serialized splitserve.v1.Frame"))
+            return
+        if len(message) > self.max_message_bytes:
+            self.send(self._refusal(0, f"a {len(message)}-byte message is over the {self.max_message_bytes}-byte cap"))
+            return
+        if self._duplicates.seen(message):
+            return  # the redundant copy of a frame already taken
+        frame = pb.Frame()
+        try:
+            frame.ParseFromString(message)
+        except DecodeError as exc:
+            self.send(self._refusal(0, f"the message is not a splitserve.v1.Frame ({exc})"))
+            return
+        try:
+            self._frames.put_nowait(frame)
+        except asyncio.QueueFull:
+            self.send(pb.Result(frame_id=frame.frame_id, status=Status.OVERLOADED, model=frame.model[:256],
+                                error="too many frames queued on this peer; wait for results"))  # fmt: skip
+            return
+        self.frames_read += 1
+        self.on_frame()
+
+    @staticmethod
+    def _refusal(frame_id: int, error: str) -> pb.Result:
+        return pb.Result(frame_id=frame_id, status=Status.INVALID_FRAME, error=error)
+
+    def send(self, result: pb.Result) -> bool:
+        """Put one Result on the results channel (the frames channel when the device opened none)."""
+        channel = self.results_channel or self.frames_channel
+        if channel is None or channel.readyState != "open":
+            return False
+        data = result.SerializeToString()
+        # OVERLOADED / UNAVAILABLE make the device send the frame again: one copy, or it would twice
+        final = result.status not in (Status.OVERLOADED, Status.UNAVAILABLE)
+        try:
+            for _ in range(2 if final and len(data) <= REDUNDANT_MAX_BYTES else 1):
+                channel.send(data)
+        except (ValueError, ConnectionError) as exc:  # the association closed under us
+            log.info("cannot send result %d to a peer: %s", result.frame_id, exc)
+            return False
+        return True
+
+    async def frames(self) -> AsyncIterator[pb.Frame]:
+        while True:
+            frame = await self._frames.get()
+            if frame is _END:
+                return
+            yield frame
+
+    def end(self) -> None:
+        """No more frames will come (the channel or the connection closed): answer what is held, then stop."""
+        if not self._ended:
+            self._ended = True
+            try:
+                self._frames.put_nowait(_END)
+            except asyncio.QueueFull:  # the session is not reading: nothing queued can be answered in time
+                while not self._frames.empty():
+                    self._frames.get_nowait()
+                self._frames.put_nowait(_END)
+
+    async def serve(self) -> None:
+        async for result in self.session.results(self.frames()):
+            self.send(result)
+
+
+class WebRTCPeers:
+    """Every WebRTC peer of this server; ``answer`` creates one per offer."""
+
+    def __init__(self, service) -> None:  # type: ignore[no-untyped-def]  # EdgeInferenceService
+        self.service = service
+        self.peers: set[Peer] = set()
+        self.max_message_bytes = 4 * 1024 * 1024
+
+    def __len__(self) -> int:
+        return len(self.peers)
+
+    async def answer(self, offer: pb.PeerOffer) -> pb.PeerAnswer:
+        if offer.type != "offer":
+            raise SignalError(f"expected an SDP offer, got type {offer.type!r}")
+        if "m=application" not in offer.sdp:
+            raise SignalError("the offer has no datachannel (m=application) section")
+        # no STUN or TURN servers: the device reaches the server directly (aiortc would ask Google's STUN)
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        session = StreamSession(self.service.pipeline, self.service.max_inflight, self.service.draining)
+        metrics = self.service.metrics
+        count = metrics.transport_frames.labels(TRANSPORT).inc if metrics is not None else _nothing
+        peer = Peer(pc, session, self.max_message_bytes, count)
+        pc.on("datachannel", peer.attach)
+
+        @pc.on("connectionstatechange")
+        def _state() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                peer.end()
+
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
+            await pc.setLocalDescription(await pc.createAnswer())
+        except (ValueError, AssertionError, KeyError, IndexError) as exc:  # aiortc's SDP parser raises these
+            await pc.close()
+            raise SignalError(f"cannot use the SDP offer: {exc or type(exc).__name__}") from None
+        self.peers.add(peer)
+        self.service.sessions.add(session)  # counts toward --max-streams and the drain from now on
+        if metrics is not None:
+            metrics.streams.labels(TRANSPORT).inc()
+        asyncio.create_task(self._run(peer), name="webrtc-peer")
+        local = pc.localDescription
+        return pb.PeerAnswer(sdp=local.sdp, type=local.type, max_inflight=self.service.max_inflight)
+
+    async def _run(self, peer: Peer) -> None:
+        service = self.service
+        metrics = service.metrics
+        started = time.monotonic()
+        try:
+            try:
+                await asyncio.wait_for(peer.opened.wait(), OPEN_TIMEOUT_S)
+            except TimeoutError:
+                log.info("a WebRTC peer did not open its frames channel within %.0f s; closed", OPEN_TIMEOUT_S)
+                return
+            await peer.serve()
+        except Exception:  # a bug must cost this peer, not the server
+            log.exception("WebRTC peer failed")
+        finally:
+            service.sessions.discard(peer.session)
+            self.peers.discard(peer)
+            if metrics is not None:
+                metrics.streams.labels(TRANSPORT).dec()
+            await peer.pc.close()
+            log.debug("WebRTC peer closed after %.1f s, %d frames", time.monotonic() - started, peer.frames_read)
+
+    async def close(self) -> None:
+        for peer in list(self.peers):
+            peer.end()
+            await peer.pc.close()
