@@ -56,14 +56,30 @@ def metric_samples(port: int) -> dict[str, float]:
     return samples
 
 
-def wait_workers(server, n: int, timeout: float = 60) -> list[int]:
+def listening(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds a socket listening on ``port`` (workers listen once their models loaded)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if int(cols[1].rsplit(":", 1)[1], 16) == port and cols[3] == "0A":  # 0A: LISTEN
+                inodes.add(cols[9])
+    try:
+        fds = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+    except OSError:
+        return False
+    return any(link == f"socket:[{inode}]" for link in fds for inode in inodes)
+
+
+def wait_workers(server, n: int, timeout: float = 120) -> list[int]:
+    """The worker pids once all ``n`` are serving."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         pids = children(server.proc.pid)
-        if len(pids) == n:
+        if len(pids) == n and all(listening(pid, server.port) for pid in pids):
             return pids
         time.sleep(0.1)
-    raise TimeoutError(f"expected {n} worker processes, found {children(server.proc.pid)}")
+    raise TimeoutError(f"expected {n} listening worker processes, found {children(server.proc.pid)}")
 
 
 def test_default_workers_follow_the_core_count():
@@ -75,7 +91,6 @@ def test_two_workers_answer_every_frame_once_and_share_one_metrics_port(start_se
     mport = free_port()
     server = start_server("--workers", "2", "--metrics-port", str(mport), "--metrics-host", "127.0.0.1")
     pids = wait_workers(server, 2)
-    time.sleep(1.0)  # both workers are listening (the first health check may have reached either)
     ticks = {pid: cpu_ticks(pid) for pid in pids}
     streams = [Stream(server.address, own_connection(server.address)) for _ in range(STREAMS)]
     per_stream = 6
@@ -104,7 +119,6 @@ def test_two_workers_answer_every_frame_once_and_share_one_metrics_port(start_se
 def test_sigterm_drains_every_worker(start_server, fmnist):
     server = start_server("--workers", "2", "--max-delay-ms", "400", "--max-batch", "256", "--drain-timeout", "20")
     pids = wait_workers(server, 2)
-    time.sleep(1.0)
     streams = [Stream(server.address, own_connection(server.address)) for _ in range(STREAMS)]
     per_stream = 3
     for s, stream in enumerate(streams):
@@ -136,15 +150,14 @@ def test_a_worker_that_dies_is_replaced(start_server, fmnist):
     server = start_server("--workers", "2")
     pids = wait_workers(server, 2)
     os.kill(pids[0], signal.SIGKILL)
-    deadline = time.time() + 60
+    deadline = time.time() + 120
     while time.time() < deadline:
         now = children(server.proc.pid)
-        if len(now) == 2 and pids[0] not in now:
+        if len(now) == 2 and pids[0] not in now and all(listening(pid, server.port) for pid in now):
             break
         time.sleep(0.1)
     else:
         pytest.fail(f"worker {pids[0]} was not replaced: {children(server.proc.pid)}")
-    time.sleep(1.0)
     for i in range(8):  # fresh connections reach the old and the new worker alike
         with own_connection(server.address) as ch:
             stream = Stream(server.address, ch)
@@ -166,3 +179,30 @@ def test_a_worker_that_cannot_start_stops_the_server(tmp_path):
     )  # fmt: skip
     assert proc.returncode != 0
     assert "no such directory" in proc.stderr
+
+
+def test_start_up_log_says_where_the_seconds_went(start_server):
+    server = start_server("--workers", "1")
+    log = server.stop()
+    line = next(line for line in log.splitlines() if "SERVING" in line and "after the process started" in line)
+    assert "interpreter and imports" in line and "loading and warming up models" in line
+    assert "loaded and warmed up in" in log  # one line per model
+
+
+def test_a_metrics_port_in_use_is_a_clear_error(tmp_path):
+    import socket
+    import subprocess
+
+    from conftest import BIN
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            [str(BIN / "edge-server"), "--host", "127.0.0.1", "--port", "0", "--workers", "2",
+             "--metrics-port", str(port), "--metrics-host", "127.0.0.1"],
+            capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+    assert proc.returncode == 1
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in proc.stderr

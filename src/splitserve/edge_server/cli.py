@@ -82,11 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     from splitserve.edge_server.workers import default_workers, supervise
 
     workers = cfg.workers or default_workers()
-    if workers > 1:
-        return supervise(cfg, batching_flags, workers)
-    from splitserve.edge_server.server import serve  # heavy imports after argument errors are out
-
     try:
+        if workers > 1:
+            return supervise(cfg, batching_flags, workers)
+        from splitserve.edge_server.server import serve  # heavy imports after argument errors are out
+
         asyncio.run(serve(cfg, batching_flags))
     except (FileNotFoundError, RuntimeError, ValueError) as exc:
         print(f"edge-server: {exc}", file=sys.stderr)

@@ -141,7 +141,10 @@ class Supervisor:
 
     def run(self) -> int:
         cfg = self.cfg
-        holder, port = _reserve(cfg.host, cfg.port)
+        try:
+            holder, port = _reserve(cfg.host, cfg.port)
+        except OSError as exc:
+            raise RuntimeError(f"cannot listen on {cfg.host}:{cfg.port} ({exc.strerror or exc})") from None
         worker_cfg = ServerConfig(**{**vars(cfg), "port": port})
         if cfg.metrics_port:
             self._metrics_dir = tempfile.mkdtemp(prefix="splitserve-metrics-")
@@ -229,7 +232,12 @@ class Supervisor:
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=self._metrics_dir)
-        start_http_server(self.cfg.metrics_port, addr=self.cfg.metrics_host, registry=registry)
+        try:
+            start_http_server(self.cfg.metrics_port, addr=self.cfg.metrics_host, registry=registry)
+        except OSError as exc:  # the workers are stopped by run()'s cleanup
+            raise RuntimeError(
+                f"cannot serve metrics on {self.cfg.metrics_host}:{self.cfg.metrics_port} ({exc.strerror or exc})"
+            ) from None
         log.info("metrics of all workers on http://%s:%d/metrics", self.cfg.metrics_host, self.cfg.metrics_port)
 
 
