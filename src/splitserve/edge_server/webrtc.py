@@ -67,6 +67,7 @@ class Peer:
         self.frames_read = 0
         self._duplicates = Duplicates()
         self._ended = False
+        self.task: asyncio.Task | None = None
 
     def attach(self, channel: RTCDataChannel) -> None:
         if channel.label == RESULTS_CHANNEL:
@@ -187,7 +188,7 @@ class WebRTCPeers:
         self.service.sessions.add(session)  # counts toward --max-streams and the drain from now on
         if metrics is not None:
             metrics.streams.labels(TRANSPORT).inc()
-        asyncio.create_task(self._run(peer), name="webrtc-peer")
+        peer.task = asyncio.create_task(self._run(peer), name="webrtc-peer")  # held: the loop keeps weak refs
         local = pc.localDescription
         return pb.PeerAnswer(sdp=local.sdp, type=local.type, max_inflight=self.service.max_inflight)
 
