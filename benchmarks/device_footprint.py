@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -124,7 +125,7 @@ def aarch64_resolution(venv: Path, pip_cache: str | None) -> dict:
     reqs = json.loads(subprocess.run([str(venv / "bin" / "python"), "-c", code], check=True, env=env,
                                      capture_output=True, text=True).stdout)  # fmt: skip
     cmd = [str(venv / "bin" / "pip"), "install", "--dry-run", "--ignore-installed", "--only-binary=:all:",
-           "--python-version", "3.11", "--target", tempfile.mkdtemp(prefix="arm-"), "--disable-pip-version-check"]
+           "--python-version", "3.11", "--target", str(venv.parent / "aarch64"), "--disable-pip-version-check"]
     for platform_tag in _ARM_PLATFORMS:
         cmd += ["--platform", platform_tag]
     if pip_cache:
@@ -248,6 +249,7 @@ def main() -> int:
         print("  pip --platform manylinux*_aarch64 --only-binary=:all: "
               + (f"would install {' '.join(arm['would_install'])}" if arm["ok"] else f"FAILS: {arm['error']}"))
         report["import"] = imp = import_times(venv)
+        shutil.rmtree(venv.parent, ignore_errors=True)
         print(f"\nimport splitserve.device_client: {imp['device_client_s']:.3f} s (target <= 0.5 s); "
               f"with onnxruntime: {imp['with_onnxruntime_s']:.3f} s  (median of {imp['runs']} runs)")  # fmt: skip
 
