@@ -12,7 +12,7 @@ real encoded frames (the bundled model's widest width) in flight. Reported:
              size the batching server reached, from decoded host tensors: the
              host-to-device copy (pinned, on CUDA) and a sync are included: the limit
   (b) off    the server with --max-batch 1
-  (c) on     the server with dynamic batching (--max-batch 64, --max-delay-ms 2)
+  (c) on     the server with dynamic batching (--max-batch, default 64; --max-delay-ms 2)
   (d) on xN  (c) with --workers N processes sharing the port, when --workers > 1
 
 frames/s, server p50 / p99 latency (from each Result's timings), mean batch,
@@ -206,10 +206,10 @@ def _tree_cpu_seconds(pid: int) -> float:
 
 def serve_and_load(
     frames: Path, streams: int, batching: bool, duration: float, window: int, procs: int, device: str,
-    server_workers: int = 1,
+    server_workers: int = 1, max_batch: int = 64,
 ) -> dict:  # fmt: skip
     port = _free_port()
-    args = ["--max-batch", "64", "--max-delay-ms", "2"] if batching else ["--max-batch", "1"]
+    args = ["--max-batch", str(max_batch), "--max-delay-ms", "2"] if batching else ["--max-batch", "1"]
     t_start = time.perf_counter()
     server = subprocess.Popen(
         [str(BIN / "edge-server"), "--host", "127.0.0.1", "--port", str(port), "--max-inflight-per-stream", "256",
@@ -308,6 +308,7 @@ def main() -> int:
     p.add_argument("--streams", default="1,4,16,32,64")
     p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (CUDA if present)")
     p.add_argument("--workers", type=int, default=1, help="also run (d): the batching server with N processes")
+    p.add_argument("--max-batch", type=int, default=64, help="the batching server's --max-batch")
     p.add_argument("--duration", type=float, default=8.0, help="seconds of load per point")
     p.add_argument("--window", type=int, default=2, help="frames in flight per stream")
     p.add_argument("--procs", type=int, default=2, help="load-generator processes")
@@ -335,10 +336,12 @@ def main() -> int:
         t_point = time.perf_counter()
         row: dict = {"streams": n, "load_before": _load()}
         row["off"] = serve_and_load(frames, n, False, args.duration, args.window, args.procs, device)
-        row["on"] = serve_and_load(frames, n, True, args.duration, args.window, args.procs, device)
+        row["on"] = serve_and_load(
+            frames, n, True, args.duration, args.window, args.procs, device, max_batch=args.max_batch
+        )
         if args.workers > 1:
             row["on_workers"] = serve_and_load(
-                frames, n, True, args.duration, args.window, args.procs, device, args.workers
+                frames, n, True, args.duration, args.window, args.procs, device, args.workers, args.max_batch
             )
         batch = max(1, round(row["on"]["mean_batch"]))
         row["tail"] = tail_loop(args.model, batch, device)
@@ -380,6 +383,7 @@ def main() -> int:
     args.json = args.json or Path(__file__).parent / "results" / f"server_throughput_{args.model}.json"
     args.json.parent.mkdir(parents=True, exist_ok=True)
     out = {"model": args.model, "device": device, "device_name": name, "workers": args.workers,
+           "max_batch": args.max_batch,
            "duration_s": args.duration, "run_s": total_s, "rows": rows}  # fmt: skip
     args.json.write_text(json.dumps(out, indent=1) + "\n")
     return 0

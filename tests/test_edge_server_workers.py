@@ -82,6 +82,14 @@ def wait_workers(server, n: int, timeout: float = 120) -> list[int]:
     raise TimeoutError(f"expected {n} listening worker processes, found {children(server.proc.pid)}")
 
 
+def test_workers_setting_is_checked():
+    from splitserve.edge_server.config import ServerConfigError, build_config
+
+    assert build_config(None, {"workers": 3}).workers == 3
+    with pytest.raises(ServerConfigError, match="workers must be >= 0"):
+        build_config(None, {"workers": -1})
+
+
 def test_default_workers_follow_the_core_count():
     assert default_workers(1) == 1 and default_workers(2) == 1 and default_workers(4) == 1
     assert default_workers(16) == 4 and default_workers(256) == 8
