@@ -50,8 +50,8 @@ def test_lossy_link_loses_webrtc_frames_where_tcp_delays_them(tmp_path):
             while "listening on" not in log.read_text():
                 assert server.poll() is None and time.time() < end, log.read_text()[-2000:]
                 time.sleep(0.2)
-            # 0 retransmissions: a frame that loses a packet is gone, whatever its deadline
-            webrtc = run(link, "webrtc", tmp_path, "--frame-retransmits", "0")
+            # 0 retransmissions and no redundant copy: a frame that loses a packet is gone, whatever its deadline
+            webrtc = run(link, "webrtc", tmp_path, "--frame-retransmits", "0", "--frame-copies", "1")
             link.restart_links(time.time())
             tcp = run(link, "grpc", tmp_path)
         finally:
