@@ -86,3 +86,17 @@ def client_frame(client, prediction):  # type: ignore[no-untyped-def]
                     bundle_sha256=client.bundle.sha256, codec=prediction.codec, width=prediction.width,
                     payload=b"x" * prediction.payload_bytes, shape=[1, 1, 1], capture_time_us=1 << 50, top_k=5,
                     deadline_ms=1000)  # fmt: skip
+
+
+def test_device_client_flags_for_the_transport():
+    from splitserve.device_client.cli import check_args, parser, transport_options
+
+    def problem(*argv: str) -> str:
+        return check_args(parser().parse_args(["--server", "x:1", *argv]))
+
+    assert problem("--transport", "webrtc", "--frame-retransmits", "0", "--frame-copies", "1") == ""
+    assert "unknown transport" in problem("--transport", "quic")
+    assert "webrtc only" in problem("--frame-retransmits", "0")
+    assert "webrtc only" in problem("--frame-copies", "1")
+    args = parser().parse_args(["--server", "x:1", "--transport", "webrtc", "--frame-copies", "1"])
+    assert transport_options(args) == {"copies": 1}

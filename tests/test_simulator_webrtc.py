@@ -11,14 +11,19 @@ from conftest import BIN
 
 from splitserve.simulator.link import LinkConfig
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        os.geteuid() != 0 or not os.path.exists("/dev/net/tun"), reason="netns mode needs root and /dev/net/tun"
-    ),
-]
+needs_netns = pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists("/dev/net/tun"), reason="netns mode needs root and /dev/net/tun"
+)
 FRAMES = 60
+
+
+def test_webrtc_without_netns_is_refused_with_the_reason():
+    """The userspace proxy relays TCP: ICE would carry the datachannel around the emulated link."""
+    for transports, why in (("webrtc", "needs --netns"), ("grpc,quic", "unknown transport 'quic'")):
+        cmd = [str(BIN / "simulate"), "--model", "fmnist-split", "--frames", "5", "--strategies", "split:0",
+               "--transport", transports]  # fmt: skip
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 2 and why in out.stderr
 
 
 def run(link, transport: str, tmp_path, *extra: str) -> list[dict]:  # type: ignore[no-untyped-def]
@@ -33,6 +38,9 @@ def run(link, transport: str, tmp_path, *extra: str) -> list[dict]:  # type: ign
     return [json.loads(line) for line in records.read_text().splitlines()]
 
 
+@pytest.mark.e2e
+@pytest.mark.slow
+@needs_netns
 def test_lossy_link_loses_webrtc_frames_where_tcp_delays_them(tmp_path):
     from splitserve.simulator.netns import NetnsLink
 
@@ -50,8 +58,8 @@ def test_lossy_link_loses_webrtc_frames_where_tcp_delays_them(tmp_path):
             while "listening on" not in log.read_text():
                 assert server.poll() is None and time.time() < end, log.read_text()[-2000:]
                 time.sleep(0.2)
-            # 0 retransmissions: a frame that loses a packet is gone, whatever its deadline
-            webrtc = run(link, "webrtc", tmp_path, "--frame-retransmits", "0")
+            # 0 retransmissions and no redundant copy: a frame that loses a packet is gone, whatever its deadline
+            webrtc = run(link, "webrtc", tmp_path, "--frame-retransmits", "0", "--frame-copies", "1")
             link.restart_links(time.time())
             tcp = run(link, "grpc", tmp_path)
         finally:

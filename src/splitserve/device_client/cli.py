@@ -68,6 +68,8 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="webrtc: retransmit a frame at most this often (default: while its deadline allows)",
     )
+    p.add_argument("--frame-copies", type=int, default=None, choices=(1, 2),
+                   help="webrtc: send small frames this many times (default 2: a lost copy costs nothing)")  # fmt: skip
     p.add_argument("--connect-timeout", type=float, default=15.0, help="seconds to wait for the server")
     p.add_argument("--start-at", type=float, default=0.0,
                    help="Unix time of the first capture (aligns runs with an emulated link's clock)")  # fmt: skip
@@ -80,6 +82,8 @@ def check_args(args: argparse.Namespace) -> str:
         return f"--transport {args.transport}: unknown transport; one of {', '.join(TRANSPORTS)}"
     if args.frame_retransmits is not None and (args.transport != "webrtc" or args.frame_retransmits < 0):
         return "--frame-retransmits: a number >= 0, with --transport webrtc only"
+    if args.frame_copies is not None and args.transport != "webrtc":
+        return "--frame-copies: with --transport webrtc only"
     if args.codec not in CODEC_IDS:
         return f"--codec {args.codec}: unknown codec; one of {', '.join(CODEC_IDS)}"
     for flag, value, low in (("--frames", args.frames, 1), ("--concurrency", args.concurrency, 1),
@@ -137,6 +141,12 @@ def record(i: int, t: float, p) -> dict:  # type: ignore[no-untyped-def]
     }  # fmt: skip
 
 
+def transport_options(args: argparse.Namespace) -> dict:
+    """The transport's options the flags set (the transport's defaults for the rest)."""
+    options = {"frame_retransmits": args.frame_retransmits, "copies": args.frame_copies}
+    return {k: v for k, v in options.items() if v is not None}
+
+
 async def run(args: argparse.Namespace) -> int:
     from splitserve.data.samples import load_sample
     from splitserve.device_client.channel import ChannelSettings
@@ -150,7 +160,7 @@ async def run(args: argparse.Namespace) -> int:
         args.server, args.model, version=args.version, channel=settings, fetch=args.fetch, codec=args.codec,
         width=args.width, policy=args.policy, deadline_ms=args.deadline_ms, image_quality=args.quality,
         slowdown=args.slowdown, connect_timeout=args.connect_timeout, runtime=args.runtime, transport=args.transport,
-        transport_options={} if args.frame_retransmits is None else {"frame_retransmits": args.frame_retransmits},
+        transport_options=transport_options(args),
     )  # fmt: skip
     try:
         await client.connect()
