@@ -28,7 +28,12 @@ def make_transport(
         return GrpcTransport(stub, settings)
     if name == "webrtc":
         # imported here: aiortc (and its native libraries) load only for clients that use it
-        from splitserve.device_client.transports.webrtc import WebRTCTransport
+        try:
+            from splitserve.device_client.transports.webrtc import WebRTCTransport
+        except ModuleNotFoundError as exc:
+            raise ValueError(
+                f"the webrtc transport needs {exc.name}: pip install 'splitserve[webrtc]'"
+            ) from None
 
         return WebRTCTransport(stub, settings, rate, **options)
     raise ValueError(f"unknown transport {name!r}; one of {', '.join(TRANSPORTS)}")
