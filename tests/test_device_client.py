@@ -169,11 +169,15 @@ def test_cli_json_and_records(start_server, tmp_path):
          "--deadline-ms", "200", "--fps", "50", "--json", str(out), "--records", str(rec)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    # 1 means some frame missed its deadline (a busy machine can make 200 ms at 50 fps too tight);
+    # anything else is a failure of the client itself
+    assert proc.returncode in (0, 1), proc.stderr
     import json
 
     summary = json.loads(out.read_text())
     assert summary["frames"] == 20 and summary["policy"] == "adaptive"
+    assert set(summary["statuses"]) <= {"OK", "DEADLINE_EXCEEDED"}, summary["statuses"]
+    assert (proc.returncode == 0) == (summary["statuses"].get("OK", 0) == 20)
     lines = [json.loads(x) for x in rec.read_text().splitlines()]
     assert len(lines) == 20 and {"latency_ms", "width", "bw_bps", "status"} <= set(lines[0])
 
