@@ -66,31 +66,21 @@ class ServedModel:
 
 
 def _load(path: Path, worker: DeviceWorker, batching: BatchingConfig) -> ServedModel:
-    """Off the event loop: verify the bundle, then build every tail and decoder and warm each tail up.
-
-    The networks are built on the device's worker thread, between batches: splitting a teacher
-    traces it with torch.fx, which patches ``nn.Module.__call__`` for the whole process while it
-    traces, so a tail running on the worker at that moment would fail ("module is not installed as
-    a submodule"). A new version loading while others serve must not break their frames.
-    """
+    """Off the event loop: verify the bundle, build every tail and decoder, warm each tail up."""
     bundle = Bundle.load(path)
-
-    def build() -> dict[BatchKey, TailRunner]:
-        if bundle.has_file(HEAD_FILE):
-            bundle.encoder()  # the head goes to devices (GetHead): it too must load, as weights only
-        runners: dict[BatchKey, TailRunner] = {}
-        for codec in bundle.codecs:
-            kind = codec_kind(codec)
-            for width in range(bundle.student.widths) if kind.has_widths else [0]:
-                key = kind.batch_key(width)
-                if key not in runners:
-                    runners[key] = TailRunner(bundle, codec, key, worker, batching.max_batch)
-                bundle.decoder_for(codec, width)  # built here, not on the first frame
-        for runner in runners.values():
-            runner.warm_up()
-        return runners
-
-    return ServedModel(bundle, batching, worker.submit(build).result())
+    if bundle.has_file(HEAD_FILE):
+        bundle.encoder()  # the head goes to devices (GetHead): it too must load, as weights only
+    runners: dict[BatchKey, TailRunner] = {}
+    for codec in bundle.codecs:
+        kind = codec_kind(codec)
+        for width in range(bundle.student.widths) if kind.has_widths else [0]:
+            key = kind.batch_key(width)
+            if key not in runners:
+                runners[key] = TailRunner(bundle, codec, key, worker, batching.max_batch)
+            bundle.decoder_for(codec, width)  # built here, off the event loop, not on the first frame
+    for runner in runners.values():
+        worker.submit(runner.warm_up).result()
+    return ServedModel(bundle, batching, runners)
 
 
 class ModelRepository:

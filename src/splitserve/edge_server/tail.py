@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from splitserve.codecs import BatchKey
+from splitserve.models.backbones import TRACING
 from splitserve.models.bundle import Bundle
 
 
@@ -96,13 +97,14 @@ class TailRunner:
 
     @torch.inference_mode()
     def run(self, inputs: list[torch.Tensor], top_k: int) -> TopK:
-        if self.sizes:
-            logits = self.module(self._stage(inputs))[: len(inputs)]
-        else:
-            batch = torch.stack(inputs)
-            if self._pin:
-                batch = batch.pin_memory()
-            logits = self.module(batch.to(self.device, non_blocking=True))
+        with TRACING:  # a model version loading meanwhile may be tracing its teacher (see backbones)
+            if self.sizes:
+                logits = self.module(self._stage(inputs))[: len(inputs)]
+            else:
+                batch = torch.stack(inputs)
+                if self._pin:
+                    batch = batch.pin_memory()
+                logits = self.module(batch.to(self.device, non_blocking=True))
         k = max(1, min(top_k, logits.shape[1]))
         scores, indices = torch.softmax(logits.float(), dim=1).topk(k, dim=1)
         return TopK(scores.cpu(), indices.cpu())

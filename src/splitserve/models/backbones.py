@@ -9,6 +9,7 @@ impossible, and says so.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -121,8 +122,15 @@ class _SplitTracer(fx.Tracer):
         return module_qualified_name == self.layer or super().is_leaf_module(m, module_qualified_name)
 
 
+# torch.fx patches nn.Module.__call__ for the whole process while it traces, so a module that
+# another thread runs meanwhile fails ("module is not installed as a submodule"). The edge server
+# loads new model versions while it serves: its tails run under this lock, and tracing takes it.
+TRACING = threading.Lock()
+
+
 def _trace(model: nn.Module, layer: str) -> fx.GraphModule:
-    graph = _SplitTracer(layer).trace(model)
+    with TRACING:
+        graph = _SplitTracer(layer).trace(model)
     return fx.GraphModule(model, graph, model.__class__.__name__)
 
 
