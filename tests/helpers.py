@@ -2,6 +2,7 @@
 
 import queue
 import struct
+import urllib.request
 import zlib
 
 import grpc
@@ -64,3 +65,22 @@ def jpeg_bomb(width: int = 65000, height: int = 65000) -> bytes:
     """A JPEG start-of-frame claiming width x height pixels, and nothing else."""
     sof = struct.pack(">BHHB", 8, height, width, 3) + b"".join(bytes([i + 1, 0x11, 0]) for i in range(3))
     return b"\xff\xd8\xff\xc0" + struct.pack(">H", len(sof) + 2) + sof + b"\xff\xd9"
+
+
+def metrics_text(port: int) -> str:
+    """What a real edge-server's /metrics serves on ``port``."""
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+
+
+def parse_samples(text: str) -> dict[str, float]:
+    """Every splitserve_* sample of a /metrics text, by series."""
+    samples = {}
+    for line in text.splitlines():
+        if line.startswith("splitserve_"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+def metric_samples(port: int) -> dict[str, float]:
+    return parse_samples(metrics_text(port))

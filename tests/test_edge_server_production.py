@@ -7,13 +7,12 @@ import json
 import shutil
 import signal
 import time
-import urllib.request
 
 import grpc
 import pytest
 from certs import make_pki
 from conftest import free_port
-from helpers import Stream, good_frame
+from helpers import Stream, good_frame, metrics_text, parse_samples
 
 from splitserve.proto import edge_inference_pb2 as pb
 from splitserve.proto import edge_inference_pb2_grpc as pb_grpc
@@ -182,12 +181,8 @@ def test_metrics_after_traffic(start_server, fmnist):
     bad = pb.Frame(frame_id=99, model="made-up-model-name", codec="entropic")
     assert stream.send(bad).status == S.UNKNOWN_MODEL
     stream.close()
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    samples = {}
-    for line in text.splitlines():
-        if line.startswith("splitserve_"):
-            name, value = line.rsplit(" ", 1)
-            samples[name] = float(value)
+    text = metrics_text(port)
+    samples = parse_samples(text)
     width = str(fmnist.student.widths - 1)
     v = fmnist.version
     ok = f'splitserve_frames_completed_total{{model="fmnist-split",status="OK",version="{v}",width="{width}"}}'

@@ -8,13 +8,12 @@ over the workers.
 import os
 import signal
 import time
-import urllib.request
 from pathlib import Path
 
 import grpc
 import pytest
 from conftest import free_port
-from helpers import Stream, good_frame
+from helpers import Stream, good_frame, metric_samples
 
 from splitserve.edge_server.workers import default_workers
 from splitserve.proto import edge_inference_pb2 as pb
@@ -44,16 +43,6 @@ def cpu_ticks(pid: int) -> int:
 def own_connection(address: str) -> grpc.Channel:
     """A channel with its own TCP connection (gRPC shares one per target unless told otherwise)."""
     return grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
-
-
-def metric_samples(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    samples = {}
-    for line in text.splitlines():
-        if line.startswith("splitserve_"):
-            name, value = line.rsplit(" ", 1)
-            samples[name] = float(value)
-    return samples
 
 
 def listening(pid: int, port: int) -> bool:
