@@ -1,4 +1,4 @@
-"""Entropy coder speed: our entropic codec (constriction ANS) vs compressai's own rANS coder.
+"""Entropy coder speed: our entropic codec vs compressai's own rANS coder, on the same latents.
 
     python benchmarks/codec_speed.py [--model lite0-imagenet] [--frames 32] [--seconds 2]
 
@@ -9,6 +9,10 @@ compressai the CDF rows get their escape bin back, so its coder sees exactly the
 tables it was trained to produce. Reported per width, per coder:
 
   encode / decode   frames/s and symbols/s, one thread
+  ours: constriction's encoder (what devices run), and on the server side
+        constriction's decoder one frame at a time (the old server path),
+        codecs.ansdecoder one frame at a time, and codecs.ansdecoder a batch of
+        --frames frames in one call (the server's path: frames advance in lockstep)
   decode x2 threads frames/s with two threads decoding at once (does the coder
                     release the GIL? 2x if it does, 1x if it does not)
 
@@ -32,6 +36,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import constriction
 import numpy as np
 import torch
 
@@ -66,6 +71,12 @@ def threaded_rate(fn: Callable[[], int], threads: int, seconds: float) -> float:
     return sum(counts) / (time.perf_counter() - t0)
 
 
+def constriction_decode(payload: bytes, models: list, per_channel: int) -> np.ndarray:
+    """(C, per_channel) symbols by constriction's own decoder: what the server ran before codecs.ansdecoder."""
+    coder = constriction.stream.stack.AnsCoder(np.frombuffer(payload, dtype="<u4").astype(np.uint32))
+    return np.stack([coder.decode(m, per_channel) for m in models])
+
+
 def compressai_tables(freqs: tuple[np.ndarray, ...]) -> tuple[list[list[int]], list[int], list[int]]:
     """compressai's (cdfs, cdf_lengths, offsets) for our frequency tables: the escape bin put back."""
     cdfs = []
@@ -92,10 +103,16 @@ def bench_width(bundle, width: int, images: np.ndarray, seconds: float) -> dict:
 
     # ours
     payloads = [enc.encode(y) for y in ys]
-    for y, p in zip(ys, payloads, strict=True):
-        got = dec.decode(p, shape)
-        if not torch.equal(got, tables.dequantize(y[None])[0]):
-            raise AssertionError(f"width {width}: constriction round trip is not exact")
+    batch = np.empty((len(payloads), *shape), dtype=np.float32)
+    if any(dec.decode_batch(payloads, batch)):
+        raise AssertionError(f"width {width}: a batch did not decode")
+    models = [constriction.stream.model.Categorical(f / f.sum(), perfect=False) for f in tables.freqs]
+    for y, s, p, row in zip(ys, symbols, payloads, batch, strict=True):
+        expected = tables.dequantize(y[None])[0]
+        if not (torch.equal(dec.decode(p, shape), expected) and torch.equal(torch.from_numpy(row), expected)):
+            raise AssertionError(f"width {width}: round trip is not exact")
+        if not np.array_equal(constriction_decode(p, models, shape[1] * shape[2]), s):
+            raise AssertionError(f"width {width}: constriction decodes other symbols")
 
     # compressai's rANS on the same symbols, channel-major like ours
     cdfs, lengths, offsets = compressai_tables(tables.freqs)
@@ -114,9 +131,18 @@ def bench_width(bundle, width: int, images: np.ndarray, seconds: float) -> dict:
             enc.encode(y)
         return len(ys)
 
+    def constriction_one() -> int:
+        for p in payloads:
+            constriction_decode(p, models, shape[1] * shape[2])
+        return len(payloads)
+
     def ours_decode() -> int:
         for p in payloads:
             dec.decode(p, shape)
+        return len(payloads)
+
+    def ours_decode_batch() -> int:  # each call its own output: threads may call it at once
+        dec.decode_batch(payloads, np.empty((len(payloads), *shape), dtype=np.float32))
         return len(payloads)
 
     def cai_encode() -> int:
@@ -139,12 +165,13 @@ def bench_width(bundle, width: int, images: np.ndarray, seconds: float) -> dict:
                  "bytes_per_frame": {"ours": float(np.mean([len(p) for p in payloads])),
                                      "compressai": float(np.mean([len(p) for p in cai]))},
                  "round_trip_exact": True}  # fmt: skip
-    for name, fn in (("ours_encode", ours_encode), ("ours_decode", ours_decode),
+    for name, fn in (("ours_encode", ours_encode), ("constriction_decode", constriction_one),
+                     ("ours_decode", ours_decode), ("ours_decode_batch", ours_decode_batch),
                      ("compressai_encode", cai_encode), ("compressai_decode", cai_decode),
                      ("compressai_decode_with_tensors", cai_decode_tensors)):  # fmt: skip
         fps = rate(fn, seconds)
         row[name] = {"frames_per_s": fps, "symbols_per_s": fps * n_sym}
-    for name, fn in (("ours_decode", ours_decode), ("compressai_decode", cai_decode)):
+    for name, fn in (("ours_decode_batch", ours_decode_batch), ("compressai_decode", cai_decode)):
         row[name]["frames_per_s_2_threads"] = threaded_rate(fn, 2, seconds)
     return row
 
@@ -152,7 +179,7 @@ def bench_width(bundle, width: int, images: np.ndarray, seconds: float) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="lite0-imagenet")
-    p.add_argument("--frames", type=int, default=32, help="sample images encoded (cycled through)")
+    p.add_argument("--frames", type=int, default=32, help="sample images encoded; also the size of the decoded batch")
     p.add_argument("--seconds", type=float, default=2.0, help="timing window per measurement")
     p.add_argument("--json", type=Path, help="default: benchmarks/results/codec_speed_<model>.json")
     args = p.parse_args()
@@ -162,20 +189,25 @@ def main() -> int:
     images = images[: args.frames]
     rows = [bench_width(bundle, w, images, args.seconds) for w in range(bundle.student.widths)]
 
-    head = (f"{'width':>5} {'symbols':>8} {'enc ours':>9} {'enc cai':>8} {'dec ours':>9} {'dec cai':>8} "
-            f"{'cai+lists':>9} {'ours/cai':>8} {'ours 2thr':>9} {'cai 2thr':>8} {'Msym/s ours':>11}")  # fmt: skip
-    print(f"{args.model}: frames/s, one thread unless said (uptime: {os.getloadavg()[0]:.2f} load)")
+    head = (f"{'width':>5} {'symbols':>8} {'enc ours':>9} {'enc cai':>8} {'dec constr':>10} {'dec ours':>9} "
+            f"{'dec batch':>9} {'dec cai':>8} {'cai+lists':>9} {'batch/cai':>9} {'batch 2thr':>10} {'cai 2thr':>8} "
+            f"{'Msym/s batch':>12}")  # fmt: skip
+    print(f"{args.model}: frames/s, one thread unless said (load average {os.getloadavg()[0]:.2f}; "
+          f"batches of {len(images)} frames)")  # fmt: skip
     print(head + "\n" + "-" * len(head))
     for r in rows:
-        od, cd = r["ours_decode"], r["compressai_decode"]
+        ob, cd = r["ours_decode_batch"], r["compressai_decode"]
         print(f"{r['width']:>5} {r['symbols_per_frame']:>8} {r['ours_encode']['frames_per_s']:>9.0f} "
-              f"{r['compressai_encode']['frames_per_s']:>8.0f} {od['frames_per_s']:>9.0f} {cd['frames_per_s']:>8.0f} "
+              f"{r['compressai_encode']['frames_per_s']:>8.0f} {r['constriction_decode']['frames_per_s']:>10.0f} "
+              f"{r['ours_decode']['frames_per_s']:>9.0f} {ob['frames_per_s']:>9.0f} {cd['frames_per_s']:>8.0f} "
               f"{r['compressai_decode_with_tensors']['frames_per_s']:>9.0f} "
-              f"{od['frames_per_s'] / cd['frames_per_s']:>8.2f} {od['frames_per_s_2_threads']:>9.0f} "
-              f"{cd['frames_per_s_2_threads']:>8.0f} {od['symbols_per_s'] / 1e6:>11.1f}")  # fmt: skip
-    print("\nenc/dec: frames/s of one thread; cai = compressai's RansEncoder/RansDecoder on prebuilt lists, "
-          "cai+lists with the tensor<->list conversion EntropyBottleneck does; 2thr: two threads at once "
-          "(no gain = the coder holds the GIL); every round trip checked symbol-exact")  # fmt: skip
+              f"{ob['frames_per_s'] / cd['frames_per_s']:>9.2f} {ob['frames_per_s_2_threads']:>10.0f} "
+              f"{cd['frames_per_s_2_threads']:>8.0f} {ob['symbols_per_s'] / 1e6:>12.1f}")  # fmt: skip
+    print("\nenc: constriction (ours) and compressai's RansEncoder; dec constr: constriction's decoder, a frame at "
+          "a time; dec ours: codecs.ansdecoder a frame at a time; dec batch: codecs.ansdecoder on the whole batch "
+          "in one call (the server's path); cai = compressai's RansDecoder on prebuilt lists, cai+lists with the "
+          "tensor<->list conversion EntropyBottleneck does; 2thr: two threads at once (no gain = the coder holds "
+          "the GIL); every round trip checked symbol-exact")  # fmt: skip
     out = {
         "model": args.model,
         "device": f"cpu: {platform.processor() or platform.machine()}, {os.cpu_count()} cores",

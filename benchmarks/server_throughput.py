@@ -55,17 +55,11 @@ def write_payloads(model: str, path: Path) -> None:
     """Encode the sample frames once, for every load generator (which then needs neither torch nor the model)."""
     import base64
 
-    import torch
-
-    from splitserve.data.samples import load_sample
     from splitserve.models.zoo import load
 
     bundle = load(model)
-    images, _ = load_sample(bundle.manifest.get("sample") or "")
     width = bundle.student.widths - 1
-    with torch.inference_mode():
-        head, enc = bundle.device_stage("entropic", width), bundle.encoder_for("entropic", width)
-        payloads = [enc.encode(head(bundle.preprocess()(torch.from_numpy(img[None])))[0]) for img in images[:32]]
+    payloads = real_payloads(bundle, width)
     path.write_text(json.dumps({
         "model": bundle.name, "width": width, "shape": list(bundle.latent_shape(width)),
         "payloads": [base64.b64encode(p).decode() for p in payloads],
@@ -129,26 +123,25 @@ def device_name(device: str) -> str:
     return f"{model}, {os.cpu_count()} cores"
 
 
-def real_latents(bundle, width: int, n: int = 32):  # type: ignore[no-untyped-def]
-    """Decoded latents of the sample images: what the tail sees in the server."""
+def real_payloads(bundle, width: int, n: int = 32) -> list[bytes]:  # type: ignore[no-untyped-def]
+    """Entropic payloads of the sample images at ``width``: what devices send."""
     import torch
 
     from splitserve.data.samples import load_sample
 
     images, _ = load_sample(bundle.manifest.get("sample") or "")
-    enc, dec = bundle.encoder_for("entropic", width), bundle.decoder_for("entropic", width)
-    shape = bundle.latent_shape(width)
+    enc = bundle.encoder_for("entropic", width)
     with torch.inference_mode():
         head = bundle.device_stage("entropic", width)
-        ys = [head(bundle.preprocess()(torch.from_numpy(img[None])))[0] for img in images[:n]]
-    return [dec.decode(enc.encode(y), shape) for y in ys]
+        return [enc.encode(head(bundle.preprocess()(torch.from_numpy(img[None])))[0]) for img in images[:n]]
 
 
 def tail_loop(model: str, batch: int, device: str, seconds: float = 3.0) -> dict:
     """(a): decoder + tail alone on ``device``, in a tight loop at this batch size, in this process.
 
-    Each iteration stacks decoded host tensors, copies them to the device (pinned memory
-    on CUDA) and waits for the result, as the server's tail worker does.
+    Each iteration decodes the batch's payloads into one host array (as the server's batcher
+    does), copies it to the device (pinned memory on CUDA) and waits for the result, as the
+    server's tail worker does.
 
     On CUDA the limit is the loop's frames/s. On a CPU the loop runs on one thread and
     the limit is every core doing what it did: cores / CPU seconds per frame. That holds
@@ -163,17 +156,18 @@ def tail_loop(model: str, batch: int, device: str, seconds: float = 3.0) -> dict
     width = bundle.student.widths - 1
     dev = torch.device(device)
     stage = bundle.server_stage("entropic", width).to(dev)
-    latents = real_latents(bundle, width)
-    inputs = [latents[i % len(latents)] for i in range(batch)]
-
-    if dev.type == "cpu":
+    decoder = bundle.decoder_for("entropic", width)
+    payloads = real_payloads(bundle, width)
+    payloads = [payloads[i % len(payloads)] for i in range(batch)]
+    host = torch.empty((batch, *decoder.shape))
+    if dev.type == "cuda":
+        host = host.pin_memory()
+    else:
         torch.set_num_threads(1)
 
     def step() -> None:
-        x = torch.stack(inputs)
-        if dev.type == "cuda":
-            x = x.pin_memory()
-        stage(x.to(dev, non_blocking=True)).float().softmax(1).topk(5, dim=1)[0].cpu()
+        decoder.decode_batch(payloads, host.numpy())
+        stage(host.to(dev, non_blocking=True)).float().softmax(1).topk(5, dim=1)[0].cpu()
 
     with torch.inference_mode():
         step()

@@ -34,8 +34,11 @@ def runner(fmnist, worker):
 
 
 def frames(runner, n):
+    """(payload, decoder) of n frames for the runner's batch key: the entropic code of all-zero features."""
     shape = KEY.kind.payload_shape(runner.bundle, KEY.width)
-    return [torch.zeros(shape) for _ in range(n)]
+    payload = runner.bundle.encoder_for("entropic", KEY.width).encode(torch.zeros(shape))
+    decoder = runner.bundle.decoder_for("entropic", KEY.width)
+    return [(payload, decoder) for _ in range(n)]
 
 
 def run(coro):
@@ -45,7 +48,7 @@ def run(coro):
 def test_a_batch_closes_after_max_delay_without_filling(runner):
     async def main():
         batcher = Batcher(runner, BatchingConfig(max_batch=1000, max_delay_ms=100, max_queue=10))
-        outcomes = await asyncio.gather(*[batcher.submit(t, 3, None) for t in frames(runner, 3)])
+        outcomes = await asyncio.gather(*[batcher.submit(*t, 3, None) for t in frames(runner, 3)])
         await batcher.close()
         return outcomes
 
@@ -59,7 +62,7 @@ def test_a_batch_closes_after_max_delay_without_filling(runner):
 def test_a_full_batch_does_not_wait_for_the_delay(runner):
     async def main():
         batcher = Batcher(runner, BatchingConfig(max_batch=4, max_delay_ms=3_600_000, max_queue=10))
-        outcomes = await asyncio.gather(*[batcher.submit(t, 1, None) for t in frames(runner, 4)])
+        outcomes = await asyncio.gather(*[batcher.submit(*t, 1, None) for t in frames(runner, 4)])
         await batcher.close()
         return outcomes
 
@@ -70,7 +73,7 @@ def test_a_full_batch_does_not_wait_for_the_delay(runner):
 def test_batches_never_exceed_max_batch(runner):
     async def main():
         batcher = Batcher(runner, BatchingConfig(max_batch=2, max_delay_ms=0, max_queue=10))
-        outcomes = await asyncio.gather(*[batcher.submit(t, 1, None) for t in frames(runner, 5)])
+        outcomes = await asyncio.gather(*[batcher.submit(*t, 1, None) for t in frames(runner, 5)])
         await batcher.close()
         return outcomes
 
@@ -83,9 +86,9 @@ def test_a_full_queue_refuses_at_once_and_keeps_what_it_holds(runner):
     async def main():
         batcher = Batcher(runner, BatchingConfig(max_batch=8, max_delay_ms=50, max_queue=2))
         first, second, third = frames(runner, 3)
-        held = [batcher.submit(first, 1, None), batcher.submit(second, 1, None)]
+        held = [batcher.submit(*first, 1, None), batcher.submit(*second, 1, None)]
         with pytest.raises(Overloaded, match=r"2 frames already queued for fmnist-split:.*/w0"):
-            batcher.submit(third, 1, None)
+            batcher.submit(*third, 1, None)
         outcomes = await asyncio.gather(*held)
         await batcher.close()
         return outcomes
@@ -98,7 +101,7 @@ def test_a_frame_past_its_deadline_is_answered_without_computing(runner):
         batcher = Batcher(runner, BatchingConfig(max_batch=8, max_delay_ms=0, max_queue=8))
         late, on_time = frames(runner, 2)
         outcomes = await asyncio.gather(
-            batcher.submit(late, 1, time.monotonic() - 1.0), batcher.submit(on_time, 1, None)
+            batcher.submit(*late, 1, time.monotonic() - 1.0), batcher.submit(*on_time, 1, None)
         )
         await batcher.close()
         return outcomes
@@ -111,7 +114,7 @@ def test_a_frame_past_its_deadline_is_answered_without_computing(runner):
 def test_close_answers_every_queued_frame_first(runner):
     async def main():
         batcher = Batcher(runner, BatchingConfig(max_batch=2, max_delay_ms=20, max_queue=16))
-        futures = [batcher.submit(t, 1, None) for t in frames(runner, 7)]
+        futures = [batcher.submit(*t, 1, None) for t in frames(runner, 7)]
         await batcher.close()
         return futures
 
@@ -127,10 +130,48 @@ def test_frames_after_the_worker_stopped_still_get_an_outcome(fmnist):
 
     async def main():
         batcher = Batcher(runner, BatchingConfig(max_batch=4, max_delay_ms=0, max_queue=8))
-        outcomes = await asyncio.gather(*[batcher.submit(t, 1, None) for t in frames(runner, 3)])
+        outcomes = await asyncio.gather(*[batcher.submit(*t, 1, None) for t in frames(runner, 3)])
         await batcher.close()
         return outcomes
 
     outcomes = run(main())
     assert [o.status for o in outcomes] == [S.UNAVAILABLE] * 3
     assert all("server is stopping" in o.error for o in outcomes)
+
+
+def test_a_corrupt_payload_fails_alone_and_its_batch_mates_are_computed(runner):
+    async def main():
+        batcher = Batcher(runner, BatchingConfig(max_batch=4, max_delay_ms=3_600_000, max_queue=8))
+        good = frames(runner, 3)
+        payload, decoder = good[0]
+        corrupt = (payload[:-4], decoder)  # a truncated stream: it cannot end where the features do
+        outcomes = await asyncio.gather(*[batcher.submit(*f, 1, None) for f in [good[0], corrupt, *good[1:]]])
+        await batcher.close()
+        return outcomes
+
+    ok, bad, *rest = run(main())
+    assert bad.status == S.INVALID_FRAME and "entropic: corrupt payload" in bad.error and not bad.indices
+    assert [o.status for o in (ok, *rest)] == [S.OK] * 3
+    assert [o.batch_size for o in (ok, *rest)] == [3] * 3  # decoded as a batch of four, computed as three
+    assert ok.indices == rest[0].indices == rest[1].indices
+
+
+def test_frames_of_two_codecs_share_one_batch_and_each_decodes_with_its_own(fmnist, worker):
+    """fp16 and int8 both carry the teacher's features: one tail, one batch, two decoders."""
+    key = PayloadKind.FEATURES.batch_key()
+    runner = TailRunner(fmnist, "fp16", key, worker)
+    features = torch.randn(key.kind.payload_shape(fmnist)) * 3
+    mixed = [(fmnist.encoder_for(c).encode(features), fmnist.decoder_for(c)) for c in ("fp16", "int8", "fp16")]
+
+    async def main():
+        batcher = Batcher(runner, BatchingConfig(max_batch=3, max_delay_ms=3_600_000, max_queue=8))
+        outcomes = await asyncio.gather(*[batcher.submit(*f, 5, None) for f in mixed])
+        await batcher.close()
+        return outcomes
+
+    outcomes = run(main())
+    assert [o.status for o in outcomes] == [S.OK] * 3 and [o.batch_size for o in outcomes] == [3] * 3
+    assert outcomes[0].indices == outcomes[2].indices  # the fp16 frames: the same input, the same answer
+    expected = runner.run(fmnist.decoder_for("fp16").decode(mixed[0][0], features.shape).numpy()[None], 5)
+    assert outcomes[0].indices == expected.indices[0].tolist()
+    assert outcomes[1].indices[0] == outcomes[0].indices[0]  # int8's rounding keeps the top class here

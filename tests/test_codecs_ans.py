@@ -65,7 +65,7 @@ def test_a_device_without_constriction_sends_the_same_payloads(fmnist):
     """No constriction, no torch (a Pi): the onnx head + codecs.ans give the bytes the server expects."""
     code = (
         "import sys, json\n"
-        "sys.modules.update(constriction=None, torch=None, torchvision=None, compressai=None)\n"
+        "sys.modules.update(constriction=None, numba=None, torch=None, torchvision=None, compressai=None)\n"
         "from splitserve.codecs import CodecError\n"
         "from splitserve.data.samples import load_sample\n"
         "from splitserve.device_client.bundles import local_bundle\n"
@@ -83,7 +83,7 @@ def test_a_device_without_constriction_sends_the_same_payloads(fmnist):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     *payloads, refusal = json.loads(proc.stdout)
-    assert refusal == "entropic: decoding needs constriction: pip install 'splitserve[server]'"
+    assert refusal == "entropic: decoding needs constriction or numba: pip install 'splitserve[server]'"
     from splitserve.device_client.head import HeadRunner
 
     reference = HeadRunner(fmnist, runtime="onnx")

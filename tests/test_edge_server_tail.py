@@ -1,5 +1,6 @@
 """The tail runner's fixed batch sizes (the CUDA path), checked for correctness on the CPU."""
 
+import numpy as np
 import torch
 
 from splitserve.codecs import PayloadKind
@@ -12,10 +13,11 @@ def test_fixed_batch_sizes_are_powers_of_two_up_to_the_largest_batch():
     assert fixed_batch_sizes(48) == (1, 2, 4, 8, 16, 32, 48)
 
 
-def frames(bundle, n: int, seed: int) -> list[torch.Tensor]:
+def frames(bundle, n: int, seed: int) -> np.ndarray:
+    """A batch of n decoded latents (n, C, H, W) at the widest width."""
     g = torch.Generator().manual_seed(seed)
     shape = bundle.latent_shape(bundle.student.widths - 1)
-    return [torch.randint(-3, 4, shape, generator=g).float() for _ in range(n)]
+    return torch.randint(-3, 4, (n, *shape), generator=g).float().numpy()
 
 
 def test_padded_batches_give_each_frame_its_own_result(fmnist):

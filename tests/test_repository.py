@@ -35,7 +35,7 @@ def with_repository(root, worker, check, batching=None, overrides=None):
     """Run ``check(repository)`` (a coroutine function) on a scanned repository, then close its batchers."""
 
     async def main():
-        repo = ModelRepository(root, worker, batching or BatchingConfig(), overrides or {})
+        repo = ModelRepository(root, worker, None, batching or BatchingConfig(), overrides or {})
         try:
             return await check(repo)
         finally:

@@ -41,9 +41,9 @@ def run_session(repo_root, frames, max_inflight=8, draining=False, gate_results=
         worker = DeviceWorker(torch.device("cpu"))
         pool = ThreadPoolExecutor(2)
         cfg = ServerConfig()
-        repo = ModelRepository(repo_root, worker, cfg.batching, {})
+        repo = ModelRepository(repo_root, worker, pool, cfg.batching, {})
         await repo.scan()
-        pipeline = InferencePipeline(repo, cfg, pool)
+        pipeline = InferencePipeline(repo, cfg)
         drain = asyncio.Event()
         if draining:
             drain.set()

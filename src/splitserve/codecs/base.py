@@ -116,6 +116,23 @@ class Decoder(ABC):
     def decode(self, payload: bytes, shape: Sequence[int]) -> torch.Tensor:
         """Decode payload bytes into a tensor of the declared shape, or raise CodecError."""
 
+    def decode_batch(self, payloads: Sequence[bytes], out: np.ndarray) -> list[str]:
+        """Decode frames of this decoder's shape into the rows of ``out`` (frames, *shape).
+
+        Returns one problem per frame: "" where it decoded, else what a CodecError would say
+        (that frame's row is then undefined). The server decodes a batch at a time; a codec
+        that can do better than one frame after another overrides this.
+        """
+        problems = []
+        for row, payload in zip(out, payloads, strict=True):
+            try:
+                row[...] = np.asarray(self.decode(payload, self.shape))
+            except CodecError as exc:
+                problems.append(str(exc))
+            else:
+                problems.append("")
+        return problems
+
     def check_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
         declared = tuple(int(s) for s in shape)
         if declared != self.shape:

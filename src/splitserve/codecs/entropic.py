@@ -6,12 +6,15 @@ were fixed once, after training, by ``EntropyBottleneck.update()``. Device and
 server build their coding models from those integers alone, so both sides code
 with identical models on any machine; nothing is recomputed from float weights.
 
-The coder is constriction's ANS (a Rust library) rather than compressai's rANS
-binding: the server decodes payloads from untrusted devices, and compressai's
+The stream format is constriction's ANS (a Rust library) rather than compressai's
+rANS binding: the server decodes payloads from untrusted devices, and compressai's
 decoder reads past the end of a crafted payload (it has no bounds checks and can
-loop on escape codes). constriction is memory-safe and lets us check that a
-payload was consumed exactly: a corrupt or truncated payload fails that check
-and becomes a CodecError instead of silently decoding to garbage.
+loop on escape codes). Devices encode with constriction (or ``codecs.ans``, the
+same bytes); the server decodes whole batches with ``codecs.ansdecoder``, a
+bounds-checked compiled kernel that runs outside the GIL (constriction where numba
+is missing). Either checks that a payload was consumed exactly: a corrupt or
+truncated payload fails that check and becomes a CodecError instead of silently
+decoding to garbage.
 
 Payload: the ANS words (little-endian uint32). Symbols are coded channel by
 channel; a value outside a channel's table range is clamped to the range's edge
@@ -34,6 +37,10 @@ try:
     import constriction
 except ModuleNotFoundError:  # Linux on ARM has no wheel: a device encodes with codecs.ans, the same bytes
     constriction = None
+try:  # the server's decoder: compiled, and free of the GIL (numba comes with splitserve[server])
+    from splitserve.codecs import ansdecoder
+except ModuleNotFoundError:
+    ansdecoder = None
 
 if TYPE_CHECKING:  # a device codes numpy arrays without torch; training and the server pass tensors
     import torch
@@ -131,18 +138,18 @@ class EntropyTables:
 
 
 class _Models:
-    """constriction models built once per table set (building them is the slow part).
+    """The coding models of one table set, built once (building them is the slow part).
 
-    Without constriction: the same models' CDFs for ``codecs.ans``, which can encode only.
+    ``cdfs``: constriction's fixed-point CDFs, for ``codecs.ans`` (encoding without constriction)
+    and ``codecs.ansdecoder``; ``models``: constriction's own, where it is installed.
     """
 
     def __init__(self, tables: EntropyTables) -> None:
         self.tables = tables
         probabilities = [f.astype(np.float64) / float(f.sum()) for f in tables.freqs]
+        self.cdfs = [ans.quantized_cdf(p) for p in probabilities]
         if constriction is not None:
             self.models = [constriction.stream.model.Categorical(p, perfect=False) for p in probabilities]
-        else:
-            self.cdfs = [ans.quantized_cdf(p) for p in probabilities]
         self.lows = (tables.medians + tables.offsets).astype(np.float32)
         self.max_index = np.array([len(f) - 1 for f in tables.freqs], dtype=np.int64)
 
@@ -188,32 +195,66 @@ class EntropicEncoder(Encoder):
 
 
 class EntropicDecoder(Decoder):
+    """Decodes with ``codecs.ansdecoder`` (a batch in one call, outside the GIL) where numba is
+    installed, else with constriction one frame at a time; both read the same bytes."""
+
     codec_id = "entropic"
     kind = PayloadKind.LATENT
 
     def __init__(self, tables: EntropyTables, shape: Sequence[int]) -> None:
         super().__init__(_latent_shape(tables, shape))
-        if constriction is None:
-            raise CodecError("entropic: decoding needs constriction: pip install 'splitserve[server]'")
-        self._m = _Models(tables)
+        if constriction is None and ansdecoder is None:
+            raise CodecError("entropic: decoding needs constriction or numba: pip install 'splitserve[server]'")
         self._per_channel = self.shape[1] * self.shape[2]
         self._max_bytes = numel(self.shape) * _MAX_BYTES_PER_SYMBOL + 8
+        self._m = _Models(tables)
+        if ansdecoder is not None:
+            self._kernel = ansdecoder.AnsTables(self._m.cdfs, self._m.lows)
 
-    def decode(self, payload: bytes, shape: Sequence[int]) -> torch.Tensor:
-        self.check_shape(shape)
+    def _size_problem(self, payload: bytes) -> str:
         if not payload or len(payload) % 4 or len(payload) > self._max_bytes:
-            raise CodecError(
+            return (
                 f"entropic: payload of {len(payload)} bytes cannot hold {list(self.shape)} features "
                 f"(expected a non-empty multiple of 4 bytes, at most {self._max_bytes})"
             )
+        return ""
+
+    def decode(self, payload: bytes, shape: Sequence[int]) -> torch.Tensor:
+        self.check_shape(shape)
+        out = np.empty((1, *self.shape), dtype=np.float32)
+        problem = self.decode_batch([payload], out)[0]
+        if problem:
+            raise CodecError(problem)
+        return to_tensor(out[0])
+
+    def decode_batch(self, payloads: Sequence[bytes], out: np.ndarray) -> list[str]:
+        problems = [self._size_problem(p) for p in payloads]
+        good = [i for i, problem in enumerate(problems) if not problem]
+        if ansdecoder is None:
+            for i in good:
+                problems[i] = self._decode_constriction(payloads[i], out[i])
+            return problems
+        direct = len(good) == len(payloads) and out.flags.c_contiguous
+        if direct:
+            rows = out.reshape(len(out), numel(self.shape))  # a view: the kernel writes straight into out
+        else:
+            rows = np.empty((len(good), numel(self.shape)), dtype=np.float32)
+        kernel_problems = self._kernel.decode([payloads[i] for i in good], rows)
+        for row, i, problem in zip(rows, good, kernel_problems, strict=True):
+            problems[i] = f"entropic: corrupt payload ({problem})" if problem else ""
+            if not direct:
+                out[i] = row.reshape(self.shape)
+        return problems
+
+    def _decode_constriction(self, payload: bytes, out: np.ndarray) -> str:
         words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
         try:
             coder = constriction.stream.stack.AnsCoder(words)
             sym = np.stack([coder.decode(m, self._per_channel) for m in self._m.models])
             consumed = coder.is_empty()
         except (ValueError, RuntimeError) as exc:
-            raise CodecError(f"entropic: corrupt payload ({exc})") from None
+            return f"entropic: corrupt payload ({exc})"
         if not consumed:
-            raise CodecError("entropic: corrupt payload (the stream does not end where the features do)")
-        y = sym.astype(np.float32) + self._m.lows[:, None]
-        return to_tensor(y.reshape(self.shape))
+            return "entropic: corrupt payload (the stream does not end where the features do)"
+        out[...] = (sym.astype(np.float32) + self._m.lows[:, None]).reshape(self.shape)
+        return ""

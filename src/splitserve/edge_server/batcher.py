@@ -1,11 +1,15 @@
-"""Dynamic batching: decoded frames from every stream, grouped per (model, version, width).
+"""Dynamic batching: frames from every stream, grouped per (model, version, width), decoded and
+computed a batch at a time.
 
 A batch closes when it holds ``max_batch`` frames or its first frame has waited
-``max_delay_ms`` (Triton's rule), then runs on the device's worker thread while
-the next batch fills. A frame whose deadline passed before its batch starts is
-answered DEADLINE_EXCEEDED without being computed; a full queue answers
-OVERLOADED at once instead of growing latency without bound. Every frame that
-gets into a batcher leaves it with exactly one Outcome, whatever happens.
+``max_delay_ms`` (Triton's rule). Its payloads are decoded together on the decode
+pool (an entropic batch in one call outside the GIL), then its tail runs on the
+device's worker thread; the next batch decodes while this one computes. A frame
+whose deadline passed before its batch starts is answered DEADLINE_EXCEEDED without
+being decoded or computed; an undecodable payload is answered INVALID_FRAME alone; a
+full queue answers OVERLOADED at once instead of growing latency without bound.
+Every frame that gets into a batcher leaves it with exactly one Outcome, whatever
+happens.
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ import collections
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
-import torch
+import numpy as np
 
+from splitserve.codecs import Decoder
 from splitserve.edge_server.config import BatchingConfig
 from splitserve.edge_server.tail import TailRunner
 from splitserve.proto import edge_inference_pb2 as pb
@@ -27,7 +32,7 @@ from splitserve.proto import edge_inference_pb2 as pb
 log = logging.getLogger("splitserve.server")
 Status = pb.Result.Status
 
-# Batches in flight per batcher: one computing, one ready to go.
+# Batches in flight per batcher: one computing, one decoding or ready to go.
 _PIPELINE_DEPTH = 2
 
 
@@ -42,40 +47,54 @@ class Outcome:
     indices: list[int] = field(default_factory=list)
     error: str = ""
     queue_ms: float = 0.0
+    decode_ms: float = 0.0
     tail_ms: float = 0.0
     batch_size: int = 0
 
 
 @dataclass
 class Pending:
-    tensor: torch.Tensor
+    payload: bytes
+    decoder: Decoder  # the frame's codec at this batch key's shape (frames of one batch may differ in codec)
     top_k: int
     deadline: float | None  # time.monotonic() by which the tail must start
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
 
 
+@dataclass
+class Decoded:
+    """A batch after the decode pool: the tail's input rows and who they belong to."""
+
+    inputs: np.ndarray  # (len(rows), *payload shape)
+    rows: list[int]  # the batch index of each input row
+    outcomes: list[Outcome | None]  # per batch index: already answered (expired, undecodable) or None
+    decode_ms: float
+
+
 class Batcher:
-    def __init__(self, runner: TailRunner, cfg: BatchingConfig) -> None:
+    def __init__(self, runner: TailRunner, cfg: BatchingConfig, decode_pool: Executor | None = None) -> None:
         self.runner = runner
         self.cfg = cfg
+        self.decode_pool = decode_pool  # None: the event loop's default executor
         self._items: collections.deque[Pending] = collections.deque()
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._full = asyncio.Event()
         self._slot = asyncio.Event()
-        self._inflight = 0
+        self._running = 0  # batches taken off the queue and not yet answered
+        self._tasks: set[asyncio.Task] = set()  # their tasks, referenced until they end
         self._idle = asyncio.Event()
         self._idle.set()
         self._task = asyncio.create_task(self._dispatch(), name=f"batcher-{runner.name}")
         self.on_batch: Callable[[list[Outcome]], None] | None = None  # called with each batch's outcomes
 
-    def submit(self, tensor: torch.Tensor, top_k: int, deadline: float | None) -> asyncio.Future:
-        """Queue one decoded frame; the future resolves to its Outcome."""
+    def submit(self, payload: bytes, decoder: Decoder, top_k: int, deadline: float | None) -> asyncio.Future:
+        """Queue one frame's payload; the future resolves to its Outcome."""
         if len(self._items) >= self.cfg.max_queue:
             raise Overloaded(f"{len(self._items)} frames already queued for {self.runner.name}")
         fut = self._loop.create_future()
-        self._items.append(Pending(tensor, top_k, deadline, fut))
+        self._items.append(Pending(payload, decoder, top_k, deadline, fut))
         self._idle.clear()
         self._wake.set()
         if len(self._items) >= self.cfg.max_batch:
@@ -97,43 +116,88 @@ class Batcher:
                         await asyncio.wait_for(self._full.wait(), remaining)
                     except TimeoutError:
                         pass
-            while self._inflight >= _PIPELINE_DEPTH:
+            while self._running >= _PIPELINE_DEPTH:
                 self._slot.clear()
                 await self._slot.wait()
             n = min(len(self._items), self.cfg.max_batch)
             batch = [self._items.popleft() for _ in range(n)]
-            self._inflight += 1
-            try:
-                future = self.runner.worker.submit(self._run, batch)
-            except RuntimeError as exc:  # the worker is shut down: these frames still get their outcome
-                self._inflight -= 1
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_result(Outcome(Status.UNAVAILABLE, error=f"server is stopping ({exc})"))
-                if not self._items and not self._inflight:
-                    self._idle.set()  # else drain() (and close()) would wait for these frames forever
-                continue
-            future.add_done_callback(lambda f, b=batch: self._loop.call_soon_threadsafe(self._complete, b, f))
+            self._running += 1
+            task = asyncio.create_task(self._process(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
-    def _run(self, batch: list[Pending]) -> list[Outcome]:
-        """On the device's worker thread."""
+    async def _process(self, batch: list[Pending]) -> None:
+        """Decode on the pool, compute on the worker, answer on the loop: one Outcome per frame."""
+        try:
+            decoded = await self._loop.run_in_executor(self.decode_pool, self._decode, batch)
+            outcomes = await asyncio.wrap_future(self.runner.worker.submit(self._run, batch, decoded))
+        except RuntimeError as exc:  # a pool or the worker is shut down: these frames still get their outcome
+            outcomes = [Outcome(Status.UNAVAILABLE, error=f"server is stopping ({exc})") for _ in batch]
+        except Exception as exc:  # noqa: BLE001 - whatever failed, every frame is answered
+            log.exception("batch of %d failed for %s", len(batch), self.runner.name)
+            outcomes = [Outcome(Status.INTERNAL, error=f"batch failed: {exc}") for _ in batch]
+        self._complete(batch, outcomes)
+
+    def _decode(self, batch: list[Pending]) -> Decoded:
+        """On the decode pool: every live frame's payload into one array, frames of a codec together."""
         start = time.perf_counter()
+        outcomes = self._expired(batch, start)
+        live = sorted((i for i, o in enumerate(outcomes) if o is None), key=lambda i: id(batch[i].decoder))
+        shape = self.runner.key.kind.payload_shape(self.runner.bundle, self.runner.key.width)
+        inputs = np.empty((len(live), *shape), dtype=self.runner.key.kind.dtype)
+        problems: list[str] = []
+        first = 0
+        while first < len(live):  # one decode_batch call per codec: its frames are adjacent rows
+            decoder = batch[live[first]].decoder
+            last = first
+            while last < len(live) and batch[live[last]].decoder is decoder:
+                last += 1
+            problems += decoder.decode_batch([batch[i].payload for i in live[first:last]], inputs[first:last])
+            first = last
+        decode_ms = (time.perf_counter() - start) * 1e3
+        if any(problems):
+            for i, problem in zip(live, problems, strict=True):
+                if problem:
+                    outcomes[i] = Outcome(Status.INVALID_FRAME, error=problem, decode_ms=decode_ms)
+            inputs = inputs[[not p for p in problems]]
+            live = [i for i, p in zip(live, problems, strict=True) if not p]
+        return Decoded(inputs, live, outcomes, decode_ms)
+
+    @staticmethod
+    def _expired(batch: list[Pending], start: float) -> list[Outcome | None]:
+        """DEADLINE_EXCEEDED for each frame whose deadline has passed, None for the others."""
         now = time.monotonic()
-        outcomes: list[Outcome | None] = [None] * len(batch)
-        live = []
-        for i, item in enumerate(batch):
+        outcomes: list[Outcome | None] = []
+        for item in batch:
             queue_ms = (start - item.enqueued) * 1e3
-            if item.deadline is not None and now > item.deadline:
-                outcomes[i] = Outcome(
+            late = item.deadline is not None and now > item.deadline
+            outcomes.append(
+                Outcome(
                     Status.DEADLINE_EXCEEDED,
                     error=f"deadline passed while queued ({queue_ms:.1f} ms in queue); not computed",
                     queue_ms=queue_ms,
                 )
-            else:
+                if late
+                else None
+            )
+        return outcomes
+
+    def _run(self, batch: list[Pending], decoded: Decoded) -> list[Outcome]:
+        """On the device's worker thread: the tail over every frame still in time."""
+        start = time.perf_counter()
+        outcomes = decoded.outcomes
+        late = self._expired([batch[i] for i in decoded.rows], start)  # the previous batch may have run long
+        keep = [o is None for o in late]
+        inputs = decoded.inputs if all(keep) else decoded.inputs[keep]
+        live = []
+        for i, outcome in zip(decoded.rows, late, strict=True):
+            if outcome is None:
                 live.append(i)
+            else:
+                outcomes[i] = outcome
         if live:
             try:
-                top = self.runner.run([batch[i].tensor for i in live], max(batch[i].top_k for i in live))
+                top = self.runner.run(inputs, max(batch[i].top_k for i in live))
             except Exception as exc:  # a failed batch fails its frames, never the server
                 log.exception("tail failed for %s (batch of %d)", self.runner.name, len(live))
                 for i in live:
@@ -147,26 +211,23 @@ class Batcher:
                         Status.OK,
                         scores=scores[row][:k],
                         indices=indices[row][:k],
-                        queue_ms=(start - batch[i].enqueued) * 1e3,
+                        queue_ms=(start - batch[i].enqueued) * 1e3 - decoded.decode_ms,
+                        decode_ms=decoded.decode_ms,
                         tail_ms=tail_ms,
                         batch_size=len(live),
                     )
         return outcomes  # type: ignore[return-value]
 
-    def _complete(self, batch: list[Pending], future: Future) -> None:
+    def _complete(self, batch: list[Pending], outcomes: list[Outcome]) -> None:
         """Back on the event loop: hand each frame its outcome."""
-        self._inflight -= 1
+        self._running -= 1
         self._slot.set()
-        try:
-            outcomes = future.result()
-        except Exception as exc:  # the worker itself failed (e.g. shut down)
-            outcomes = [Outcome(Status.INTERNAL, error=f"worker failed: {exc}") for _ in batch]
         for item, outcome in zip(batch, outcomes, strict=True):
             if not item.future.done():
                 item.future.set_result(outcome)
         if self.on_batch is not None:
             self.on_batch(outcomes)
-        if not self._items and not self._inflight:
+        if not self._items and not self._running:
             self._idle.set()
 
     async def drain(self) -> None:

@@ -1,7 +1,8 @@
-"""One frame through the server, top to bottom: resolve the model, route, decode, batch, answer.
+"""One frame through the server, top to bottom: resolve the model, route, batch, decode, compute, answer.
 
     Frame -> repository.resolve (model version) -> ServedModel.route (codec, width -> batch key)
-          -> decoder.decode (thread pool) -> Batcher.submit -> TailRunner.run (worker thread) -> Result
+          -> Batcher.submit -> decoder.decode_batch (decode pool, a batch at once)
+          -> TailRunner.run (worker thread) -> Result
 
 Whatever goes wrong with a frame becomes that frame's Result status; nothing
 here raises past ``infer`` except cancellation.
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from splitserve.codecs import CodecError
 from splitserve.edge_server.batcher import Outcome, Overloaded
@@ -28,10 +28,9 @@ MAX_NAME_CHARS = 256
 
 
 class InferencePipeline:
-    def __init__(self, repository: ModelRepository, cfg: ServerConfig, decode_pool: ThreadPoolExecutor) -> None:
+    def __init__(self, repository: ModelRepository, cfg: ServerConfig) -> None:
         self.repository = repository
         self.cfg = cfg
-        self.decode_pool = decode_pool
         self.metrics: ServerMetrics | None = None  # set by the server when metrics are on
         self._failures_seen: set[str] = set()
 
@@ -127,20 +126,15 @@ class InferencePipeline:
                 f"payload of {len(frame.payload)} bytes exceeds this server's limit of {self.cfg.max_frame_bytes}",
                 received_us, t0,
             ), labels  # fmt: skip
-
-        td = time.perf_counter()
         try:
-            tensor = await asyncio.get_running_loop().run_in_executor(
-                self.decode_pool, route.decoder.decode, frame.payload, tuple(frame.shape)
-            )
+            route.decoder.check_shape(frame.shape)  # the payload itself is decoded with its batch
         except CodecError as exc:
             return self._fail(frame, Status.INVALID_FRAME, str(exc), received_us, t0), labels
-        decode_ms = (time.perf_counter() - td) * 1e3
 
         deadline = received_mono + frame.deadline_ms / 1000.0 if frame.deadline_ms else None
         top_k = frame.top_k or self.cfg.default_top_k
         try:
-            outcome: Outcome = await route.batcher.submit(tensor, top_k, deadline)
+            outcome: Outcome = await route.batcher.submit(frame.payload, route.decoder, top_k, deadline)
         except Overloaded as exc:
             result = self._fail(frame, Status.OVERLOADED, f"server overloaded: {exc}; retry later", received_us, t0)
             return result, labels
@@ -160,7 +154,7 @@ class InferencePipeline:
             ],
             timings=pb.ServerTimings(
                 received_unix_us=received_us,
-                decode_ms=decode_ms,
+                decode_ms=outcome.decode_ms,
                 queue_ms=outcome.queue_ms,
                 tail_ms=outcome.tail_ms,
                 batch_size=outcome.batch_size,

@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from splitserve.codecs import BatchKey, Decoder, codec_kind
 from splitserve.edge_server.batcher import Batcher, Outcome
@@ -77,16 +80,21 @@ def _load(path: Path, worker: DeviceWorker, batching: BatchingConfig) -> ServedM
             key = kind.batch_key(width)
             if key not in runners:
                 runners[key] = TailRunner(bundle, codec, key, worker, batching.max_batch)
-            bundle.decoder_for(codec, width)  # built here, off the event loop, not on the first frame
+            decoder = bundle.decoder_for(codec, width)  # built here, off the event loop, not on the first frame
+            decoder.decode_batch([], np.empty((0, *decoder.shape), dtype=kind.dtype))  # and compiled, where it is
     for runner in runners.values():
         worker.submit(runner.warm_up).result()
     return ServedModel(bundle, batching, runners)
 
 
 class ModelRepository:
-    def __init__(self, root: Path | None, worker: DeviceWorker, batching: BatchingConfig, overrides: dict[str, Any]):
+    def __init__(
+        self, root: Path | None, worker: DeviceWorker, decode_pool: Executor | None, batching: BatchingConfig,
+        overrides: dict[str, Any],
+    ) -> None:  # fmt: skip
         self.root = root or BUNDLED
         self.worker = worker
+        self.decode_pool = decode_pool
         self.batching = batching
         self.overrides = overrides
         self._models: dict[str, dict[str, ServedModel]] = {}
@@ -137,7 +145,7 @@ class ModelRepository:
         return loaded
 
     def _batcher(self, runner: TailRunner, batching: BatchingConfig) -> Batcher:
-        batcher = Batcher(runner, batching)
+        batcher = Batcher(runner, batching, self.decode_pool)
         if self.metrics is not None:
             labels = (runner.bundle.name, runner.bundle.version, runner.key.label)
             metrics = self.metrics

@@ -109,8 +109,8 @@ class EdgeServer:
         self.worker = DeviceWorker(self.device)
         self.decode_pool = ThreadPoolExecutor(cfg.decode_threads, thread_name_prefix="decode")
         root = Path(cfg.models) if cfg.models else None
-        self.repository = ModelRepository(root, self.worker, cfg.batching, batching_overrides or {})
-        self.pipeline = InferencePipeline(self.repository, cfg, self.decode_pool)
+        self.repository = ModelRepository(root, self.worker, self.decode_pool, cfg.batching, batching_overrides or {})
+        self.pipeline = InferencePipeline(self.repository, cfg)
         self.service = EdgeInferenceService(self.pipeline, self.repository, cfg.max_inflight_per_stream)
         self.service.max_streams = cfg.max_streams
         self.service.webrtc = _webrtc_peers(self.service, cfg)

@@ -1,4 +1,4 @@
-"""The tail on a compute device: decoded tensors in, top-k classes out.
+"""The tail on a compute device: a batch of decoded payloads in, top-k classes out.
 
 Each compute device gets one worker thread, so batches run one after another on
 it and never on the event loop. A TailRunner is the server half of one model
@@ -79,29 +79,29 @@ class TailRunner:
         """Run an all-zero payload tensor through at every batch size this runner will use (just 1 on
         CPU, where shapes are free), so the first real frames do not pay for set-up."""
         shape = self.key.kind.payload_shape(self.bundle, self.key.width)
-        example = torch.from_numpy(np.zeros(shape, dtype=self.key.kind.dtype))
         for size in self.sizes or (1,):
-            self.run([example] * size, 1)
+            self.run(np.zeros((size, *shape), dtype=self.key.kind.dtype), 1)
 
-    def _stage(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+    def _stage(self, inputs: torch.Tensor) -> torch.Tensor:
         """The batch on the device: padded to the next fixed size through the reused host buffer."""
         n = len(inputs)
         size = next((s for s in self.sizes if s >= n), n)
-        if self._staging is None or self._staging.shape[0] < size or self._staging.shape[1:] != inputs[0].shape:
-            buffer = torch.zeros((max(self.sizes[-1], size), *inputs[0].shape), dtype=inputs[0].dtype)
+        if self._staging is None or self._staging.shape[0] < size or self._staging.shape[1:] != inputs.shape[1:]:
+            buffer = torch.zeros((max(self.sizes[-1], size), *inputs.shape[1:]), dtype=inputs.dtype)
             self._staging = buffer.pin_memory() if self._pin else buffer
         host = self._staging[:size]
-        torch.stack(inputs, out=host[:n])  # rows n..size keep earlier frames: finite, computed, dropped
+        host[:n].copy_(inputs)  # rows n..size keep earlier frames: finite, computed, dropped
         # safe to reuse next batch: run() waits for the results, so this copy has finished by then
         return host.to(self.device, non_blocking=True)
 
     @torch.inference_mode()
-    def run(self, inputs: list[torch.Tensor], top_k: int) -> TopK:
+    def run(self, inputs: np.ndarray, top_k: int) -> TopK:
+        """Top-k classes for a batch of decoded payloads (frames, *payload shape)."""
+        batch = torch.from_numpy(inputs)
         with TRACING:  # a model version loading meanwhile may be tracing its teacher (see backbones)
             if self.sizes:
-                logits = self.module(self._stage(inputs))[: len(inputs)]
+                logits = self.module(self._stage(batch))[: len(batch)]
             else:
-                batch = torch.stack(inputs)
                 if self._pin:
                     batch = batch.pin_memory()
                 logits = self.module(batch.to(self.device, non_blocking=True))
