@@ -5,7 +5,8 @@
     python benchmarks/server_throughput.py --model lite0-imagenet --device cuda --workers 4 --streams 32,128
 
 For each stream count, a real edge-server process serves real gRPC streams
-driven by several load-generator processes, each stream keeping a window of
+driven by several load-generator processes, each stream on its own connection (as each
+device has its own) keeping a window of
 real encoded frames (the bundled model's widest width) in flight. Reported:
 
   (a) tail   the decoder + tail alone on --device, in a tight loop, at the batch
@@ -80,8 +81,16 @@ async def _worker(server: str, frames: Path, streams: int, window: int, duration
     records: list[tuple[float, float, float, float, int]] = []
     stop = time.monotonic() + duration
 
-    async def one_stream(channel, s: int) -> None:  # type: ignore[no-untyped-def]
-        stub = pb_grpc.EdgeInferenceStub(channel)
+    async def one_stream(s: int) -> None:
+        # one connection per stream, as each device has its own: with --workers the kernel spreads
+        # connections (not streams) over the processes (a local subchannel pool: grpc would share one)
+        async with grpc.aio.insecure_channel(server, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
+            await asyncio.wait_for(channel.channel_ready(), 30)
+            connected[0] += 1
+            await ready.wait()
+            await stream(pb_grpc.EdgeInferenceStub(channel), s)
+
+    async def stream(stub, s: int) -> None:  # type: ignore[no-untyped-def]
         call = stub.Stream()
         sent = 0
 
@@ -105,10 +114,18 @@ async def _worker(server: str, frames: Path, streams: int, window: int, duration
                 break
         await call.done_writing()
 
-    async with grpc.aio.insecure_channel(server) as channel:
-        await asyncio.wait_for(channel.channel_ready(), 30)
+    ready = asyncio.Event()  # every stream connected before the clock starts
+
+    async def start() -> None:
+        nonlocal stop
+        while connected[0] < streams:
+            await asyncio.sleep(0.01)
         stop = time.monotonic() + duration
-        await asyncio.gather(*(one_stream(channel, s) for s in range(streams)))
+        ready.set()
+
+    connected = [0]
+    tasks = [asyncio.create_task(one_stream(s)) for s in range(streams)]
+    await asyncio.gather(start(), *tasks)
     out.write_text(json.dumps(records))
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from splitserve.codecs import PayloadKind
-from splitserve.edge_server.batcher import Batcher, Outcome, Overloaded
+from splitserve.edge_server.batcher import Batcher, BatchSizer, Outcome, Overloaded
 from splitserve.edge_server.config import BatchingConfig
 from splitserve.edge_server.tail import DeviceWorker, TailRunner
 from splitserve.proto import edge_inference_pb2 as pb
@@ -175,3 +175,36 @@ def test_frames_of_two_codecs_share_one_batch_and_each_decodes_with_its_own(fmni
     expected = runner.run(fmnist.decoder_for("fp16").decode(mixed[0][0], features.shape).numpy()[None], 5)
     assert outcomes[0].indices == expected.indices[0].tolist()
     assert outcomes[1].indices[0] == outcomes[0].indices[0]  # int8's rounding keeps the top class here
+
+
+def settle(sizer, ms_per_frame, batches=200, waiting=1000):
+    """Run ``batches`` saturated batches whose tail costs ``ms_per_frame(size)`` a frame; the sizes taken."""
+    taken = []
+    for _ in range(batches):
+        n = sizer.take(waiting)
+        taken.append(n)
+        sizer.observe(n, n * ms_per_frame(n))
+    return taken
+
+
+def test_the_batch_size_settles_where_a_frame_costs_least():
+    cpu_like = {1: 18.4, 2: 15.2, 4: 13.6, 8: 11.7, 16: 15.5, 32: 17.6, 64: 17.3}  # lite0 on one core (ms)
+    sizer = BatchSizer(64)
+    taken = settle(sizer, cpu_like.__getitem__)
+    assert sizer.size == 8
+    assert taken[-100:].count(8) >= 70  # the rest are probes of 4 and 16
+    assert set(taken[-100:]) <= {4, 8, 16}
+
+
+def test_a_device_that_likes_big_batches_keeps_the_largest():
+    sizer = BatchSizer(64)
+    taken = settle(sizer, lambda n: 1.0 + 20.0 / n)  # a fixed cost per batch: bigger is always better
+    assert sizer.size == 64 and taken[-100:].count(64) >= 70
+
+
+def test_without_a_backlog_a_batch_takes_what_is_waiting_and_nothing_is_learnt():
+    sizer = BatchSizer(64)
+    assert [sizer.take(w) for w in (1, 5, 63)] == [1, 5, 63]
+    sizer.observe(5, 50.0)  # not one of the sizes: no measurement to compare with
+    assert sizer.ms_per_frame == {} and sizer.size == 64
+    assert BatchSizer(1).take(10) == 1
