@@ -24,7 +24,7 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "max_batch": (int, "largest batch the tail runs (default 32; 1 turns batching off)"),
     "max_delay_ms": (float, "longest a frame waits for its batch to fill (default 2)"),
     "max_queue": (int, "frames queued per model width before OVERLOADED (default 256)"),
-    "decode_threads": (int, "threads decoding payloads, per worker (default 4)"),
+    "decode_threads": (int, "threads decoding batches of payloads, per worker (default 4)"),
     "workers": (
         int,
         "server processes sharing the port (SO_REUSEPORT), each decoding and batching its own streams; "
