@@ -127,3 +127,26 @@ def test_constriction_decodes_the_same_where_numba_is_missing(monkeypatch):
     fallback_problems = fallback.decode_batch(payloads, without)
     assert [bool(p) for p in problems] == [bool(p) for p in fallback_problems] == [False] * 4 + [True]
     assert np.array_equal(with_kernel[:4], without[:4])
+
+
+def test_without_a_writable_cache_the_kernel_compiles_uncached(monkeypatch):
+    """numba refuses cache=True where it can write nowhere (read-only install, no home)."""
+    import numba
+
+    real, asked = numba.njit, []
+
+    def njit(**options):
+        asked.append(options)
+        if options.get("cache"):
+            raise RuntimeError("cannot cache function '_decode': no locator available for file")
+        return real(**options)
+
+    monkeypatch.setattr(numba, "njit", njit)
+    kernel = ansdecoder._compiled(ansdecoder._decode.py_func)
+    assert asked == [{"nogil": True, "cache": True}, {"nogil": True}]
+    tables, _ = kernel_for([np.array([1, 3], dtype=np.int64)])
+    payload = ans.encode(np.array([[1, 0, 1]], dtype=np.int32), [ans.quantized_cdf(np.array([0.25, 0.75]))])
+    words = np.frombuffer(payload, dtype="<u4")
+    out, status = np.empty((1, 3), dtype=np.float32), np.empty(1, dtype=np.int64)
+    kernel(words, np.array([len(words)]), tables.cdf, tables.cdf_start, tables.lookup, tables.lows, 3, out, status)
+    assert status.tolist() == [ansdecoder.OK] and out.tolist() == [[1.0, 0.0, 1.0]]

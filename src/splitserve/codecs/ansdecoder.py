@@ -39,7 +39,19 @@ PROBLEMS = {
 }
 
 
-@numba.njit(nogil=True, cache=True)
+def _compiled(fn):  # type: ignore[no-untyped-def]
+    """``fn`` compiled without the GIL, cached on disk where numba finds a writable place.
+
+    A read-only install with no writable home (a locked-down container) has none: numba then
+    refuses ``cache=True`` outright, and the kernel compiles at every start instead (about 1.5 s).
+    """
+    try:
+        return numba.njit(nogil=True, cache=True)(fn)
+    except RuntimeError:
+        return numba.njit(nogil=True)(fn)
+
+
+@_compiled
 def _decode(words, ends, cdf, cdf_start, lookup, lows, per_channel, out, status):  # type: ignore[no-untyped-def]
     """Decode frame f from ``words[ends[f-1]:ends[f]]`` into ``out[f]`` (float32: low + symbol).
 
