@@ -1,4 +1,4 @@
-"""Frames and streams for tests that talk gRPC to a real edge-server process."""
+"""Frames and streams for tests that talk gRPC to a real edge-server process, and symbols for the coders."""
 
 import queue
 import struct
@@ -6,8 +6,10 @@ import urllib.request
 import zlib
 
 import grpc
+import numpy as np
 import torch
 
+from splitserve.codecs import ans
 from splitserve.models.bundle import DevicePath
 from splitserve.proto import edge_inference_pb2 as pb
 from splitserve.proto import edge_inference_pb2_grpc as pb_grpc
@@ -84,3 +86,18 @@ def parse_samples(text: str) -> dict[str, float]:
 
 def metric_samples(port: int) -> dict[str, float]:
     return parse_samples(metrics_text(port))
+
+
+def table_symbols(tables, n: int, rng: np.random.Generator):
+    """Symbols to code with one width's entropy tables: (probabilities, constriction's CDFs, [likely, edges]).
+
+    ``likely``: n symbols a channel drawn from the channel's own table; ``edges``: the same with the
+    least likely symbols, both ends of each table, in two of every three places.
+    """
+    probabilities = [f.astype(np.float64) / float(f.sum()) for f in tables.freqs]
+    cdfs = [ans.quantized_cdf(p) for p in probabilities]
+    likely = np.stack([rng.choice(len(p), size=n, p=p) for p in probabilities]).astype(np.int32)
+    edges = likely.copy()
+    edges[:, ::3] = 0
+    edges[:, 1::3] = np.array([len(p) - 1 for p in probabilities])[:, None]
+    return probabilities, cdfs, [likely, edges]

@@ -7,6 +7,7 @@ import sys
 import constriction
 import numpy as np
 import pytest
+from helpers import table_symbols
 
 from splitserve.codecs import ans
 from splitserve.data.samples import load_sample
@@ -26,15 +27,9 @@ def test_the_same_bytes_as_constriction_for_every_shipped_table(model):
     bundle = CodingBundle.load(find_bundle(model), verify=False)
     rng = np.random.default_rng(7)
     for width in range(bundle.student.widths):
-        tables = bundle.entropy_tables(width)
-        probabilities = [f.astype(np.float64) / float(f.sum()) for f in tables.freqs]
-        cdfs = [ans.quantized_cdf(p) for p in probabilities]
         n = 64 if model == "lite0-imagenet" else int(np.prod(bundle.latent_shape(width)[1:]))
-        likely = np.stack([rng.choice(len(p), size=n, p=p) for p in probabilities]).astype(np.int32)
-        edges = likely.copy()  # the least likely symbols, at both ends of each table
-        edges[:, ::3] = 0
-        edges[:, 1::3] = np.array([len(p) - 1 for p in probabilities])[:, None]
-        for symbols in (likely, edges):
+        probabilities, cdfs, batch = table_symbols(bundle.entropy_tables(width), n, rng)
+        for symbols in batch:
             assert ans.encode(symbols, cdfs) == constriction_bytes(symbols, probabilities), f"width {width}"
 
 

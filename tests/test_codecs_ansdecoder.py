@@ -4,6 +4,7 @@ import constriction
 import numpy as np
 import pytest
 import torch
+from helpers import table_symbols
 
 from splitserve.codecs import ans, ansdecoder, entropic
 from splitserve.codecs.entropic import EntropicDecoder, EntropicEncoder, EntropyTables
@@ -35,13 +36,9 @@ def test_every_shipped_table_decodes_a_batch_to_the_encoded_symbols(model):
     for width in range(bundle.student.widths):
         tables = bundle.entropy_tables(width)
         c, h, w = bundle.latent_shape(width)
-        kernel, probabilities = kernel_for(list(tables.freqs))
-        cdfs = [ans.quantized_cdf(p) for p in probabilities]
-        batch = [np.stack([rng.choice(len(p), size=h * w, p=p) for p in probabilities]).astype(np.int32)]
-        edges = batch[0].copy()  # the least likely symbols: both ends of every table
-        edges[:, ::2] = 0
-        edges[:, 1::2] = np.array([len(p) - 1 for p in probabilities])[:, None]
-        batch += [edges, np.zeros_like(edges)]
+        kernel, _ = kernel_for(list(tables.freqs))
+        probabilities, cdfs, batch = table_symbols(tables, h * w, rng)
+        batch.append(np.zeros_like(batch[0]))
         payloads = [ans.encode(s, cdfs) for s in batch]
         out = np.empty((len(batch), c * h * w), dtype=np.float32)
         assert kernel.decode(payloads, out) == [""] * len(batch)
