@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -201,17 +202,11 @@ class Batcher:
         start = time.perf_counter()
         outcomes = self._expired(batch, start)
         live = sorted((i for i, o in enumerate(outcomes) if o is None), key=lambda i: id(batch[i].decoder))
-        shape = self.runner.key.kind.payload_shape(self.runner.bundle, self.runner.key.width)
-        inputs = np.empty((len(live), *shape), dtype=self.runner.key.kind.dtype)
+        inputs = np.empty((len(live), *self.runner.input_shape), dtype=self.runner.key.kind.dtype)
         problems: list[str] = []
-        first = 0
-        while first < len(live):  # one decode_batch call per codec: its frames are adjacent rows
-            decoder = batch[live[first]].decoder
-            last = first
-            while last < len(live) and batch[live[last]].decoder is decoder:
-                last += 1
-            problems += decoder.decode_batch([batch[i].payload for i in live[first:last]], inputs[first:last])
-            first = last
+        for decoder, rows in itertools.groupby(live, key=lambda i: batch[i].decoder):  # one call per codec
+            payloads = [batch[i].payload for i in rows]
+            problems += decoder.decode_batch(payloads, inputs[len(problems) : len(problems) + len(payloads)])
         decode_ms = (time.perf_counter() - start) * 1e3
         if any(problems):
             for i, problem in zip(live, problems, strict=True):

@@ -70,6 +70,7 @@ class TailRunner:
         self.device = worker.device
         with torch.no_grad():
             self.module = bundle.server_stage(codec, key.width).to(self.device).eval()
+        self.input_shape = key.kind.payload_shape(bundle, key.width)  # one decoded frame
         cuda = self.device.type == "cuda"
         self.sizes = fixed_batch_sizes(max_batch) if (cuda if fixed_sizes is None else fixed_sizes) else ()
         self._pin = cuda
@@ -78,9 +79,8 @@ class TailRunner:
     def warm_up(self) -> None:
         """Run an all-zero payload tensor through at every batch size this runner will use (just 1 on
         CPU, where shapes are free), so the first real frames do not pay for set-up."""
-        shape = self.key.kind.payload_shape(self.bundle, self.key.width)
         for size in self.sizes or (1,):
-            self.run(np.zeros((size, *shape), dtype=self.key.kind.dtype), 1)
+            self.run(np.zeros((size, *self.input_shape), dtype=self.key.kind.dtype), 1)
 
     def _stage(self, inputs: torch.Tensor) -> torch.Tensor:
         """The batch on the device: padded to the next fixed size through the reused host buffer."""
