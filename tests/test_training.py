@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import tomllib
 
 import numpy as np
 import pytest
@@ -145,3 +146,40 @@ def test_eval_cli_json_schema(tmp_path, fmnist):
     assert {"png", "jpeg-q75", "jpeg-q10", "webp-q75", "fp16", "int8-zstd"} <= names
     assert (tmp_path / "eval.png").stat().st_size > 10_000
     assert "teacher (unsplit" in proc.stdout
+
+
+def test_a_student_on_the_teachers_prefix_trains_on_new_views_every_epoch(tmp_path):
+    # [student] prefix with [stage1] cache = 0: the frozen prefix and the teacher run once per
+    # view (FreshTargets) and both stages train on views drawn anew every epoch
+    text = (
+        SMOKE.replace('distill = ["block3"]', "distill = []")
+        .replace("stages = [[16, 5, 2], [16, 5, 2]]", 'stages = [[16, 5, 2]]\nprefix = "block1"')
+        .replace("kd_weight = 1.0", "cache = 0")
+    )
+    cfg = parse_config(tomllib.loads(text))
+    bundle = train(cfg, tmp_path / "models", tmp_path / "work", progress=False)
+    history = bundle.manifest["training"]["history"]
+    stage1 = [h for h in history if h["phase"] == "stage1"]
+    assert stage1[-1]["mse"] < stage1[0]["mse"]
+    assert [h["phase"] for h in history].count("stage2") == 1
+    assert all(h["seconds"] > 0 for h in history if h["phase"] != "teacher")
+    assert all(0 <= w["accuracy"] <= 1 and w["bytes_mean"] > 0 for w in bundle.manifest["widths"])
+
+
+def test_augmented_views_are_new_every_epoch_and_the_same_for_a_seed():
+    from splitserve.training.augment import Augmentation, AugmentedImages
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (40 + 8 * i, 56, 3), dtype=np.uint8) for i in range(3)]
+    source = AugmentedImages(images, 10, Augmentation(size=32))
+
+    def epoch(gen):
+        return torch.cat([x for x, _ in source.batches(4, gen)])
+
+    gen = torch.Generator().manual_seed(1)
+    first, second = epoch(gen), epoch(gen)
+    assert first.shape == (10, 32, 32, 3) and first.dtype == torch.uint8
+    assert not torch.equal(first, second)
+    assert torch.equal(first, epoch(torch.Generator().manual_seed(1)))
+    labels = torch.cat([y for _, y in source.batches(4, torch.Generator())])
+    assert labels.tolist() == [-1] * 10  # mixed views have no label: the teacher's logits are the target

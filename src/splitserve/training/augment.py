@@ -29,12 +29,18 @@ class Augmentation:
 
 
 class AugmentedImages(FrameSource):
-    """Random resized crops, flips, colour jitter and mixup of in-memory images, ``per_epoch`` frames an epoch."""
+    """Random resized crops, flips, colour jitter and mixup of in-memory images, ``per_epoch`` frames an epoch.
 
-    def __init__(self, images: list[np.ndarray], per_epoch: int, aug: Augmentation) -> None:
+    The images live on ``device`` and every view is made there: on a GPU, making views on the
+    CPU would starve it, since each step needs a batch of views the student has never seen.
+    The random draws come from the CPU generator, so a seed gives the same views anywhere.
+    """
+
+    def __init__(self, images: list[np.ndarray], per_epoch: int, aug: Augmentation, device: str = "cpu") -> None:
         if not images:
             raise ValueError("no training images")
-        self.images = [torch.from_numpy(np.array(i)).permute(2, 0, 1) for i in images]
+        self.device = torch.device(device)
+        self.images = [torch.from_numpy(np.array(i)).permute(2, 0, 1).to(self.device) for i in images]
         self.per_epoch = per_epoch
         self.aug = aug
 
@@ -62,11 +68,12 @@ class AugmentedImages(FrameSource):
         if not j:
             return x
         n = len(x)
-        bright, contrast, sat = (1 - j + 2 * j * torch.rand(3, n, 1, 1, 1, generator=gen)).unbind(0)
+        factors = 1 - j + 2 * j * torch.rand(3, n, 1, 1, 1, generator=gen)
+        bright, contrast, sat = factors.to(x.device).unbind(0)
         x = x * bright
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         x = (x - mean) * contrast + mean
-        gray = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        gray = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
         return (x - gray) * sat + gray
 
     def _mix(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -75,8 +82,8 @@ class AugmentedImages(FrameSource):
             return x
         mixed = torch.rand(n, generator=gen) < self.aug.mixup
         lam = torch.rand(n, generator=gen)  # Beta(1, 1), as in mixup's strongest setting
-        lam = torch.where(mixed, lam, torch.ones(n)).view(n, 1, 1, 1)
-        partner = torch.roll(torch.arange(n), 1)
+        lam = torch.where(mixed, lam, torch.ones(n)).view(n, 1, 1, 1).to(x.device)
+        partner = torch.roll(torch.arange(n, device=x.device), 1)
         return lam * x + (1 - lam) * x[partner]
 
     def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -84,8 +91,8 @@ class AugmentedImages(FrameSource):
             n = min(batch_size, self.per_epoch - start)
             idx = torch.randint(0, len(self.images), (n,), generator=generator).tolist()
             x = torch.stack([self._crop(self.images[i], generator) for i in idx])
-            flip = torch.rand(n, generator=generator) < 0.5
+            flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
             x = self._mix(self._jitter(x, generator), generator)
             frames = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
-            yield frames, torch.full((n,), -1, dtype=torch.int64)
+            yield frames, torch.full((n,), -1, dtype=torch.int64, device=self.device)

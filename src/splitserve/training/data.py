@@ -131,7 +131,7 @@ def build_data(cfg: DataSection, seed: int, device: str = "cpu") -> TrainData:
         return TrainData(TensorFrames(x, y), images[:n_test], labels[:n_test], cfg.labels or [str(i) for i in
                          range(int(labels.max()) + 1)])  # fmt: skip
     if cfg.dataset == "labelled":
-        return _labelled(cfg)
+        return _labelled(cfg, device)
     if cfg.dataset == "photos":
         return _photos(cfg, seed, device)
     raise ConfigError(
@@ -139,7 +139,7 @@ def build_data(cfg: DataSection, seed: int, device: str = "cpu") -> TrainData:
     )
 
 
-def _labelled(cfg: DataSection) -> TrainData:
+def _labelled(cfg: DataSection, device: str) -> TrainData:
     """A folder with a labels.tsv: the held-out classes are the test set, the rest trains by function matching."""
     if not cfg.root:
         raise ConfigError('[data] dataset = "labelled" needs root = "<folder with labels.tsv>"')
@@ -153,7 +153,8 @@ def _labelled(cfg: DataSection) -> TrainData:
     train_rows, test_rows = _limit_rows(train_rows, cfg.train_limit), _limit_rows(test_rows, cfg.test_limit)
     size = cfg.input_shape[1]
     aug = Augmentation(size=size, scale=(cfg.crop_scale_min, 1.0), jitter=cfg.jitter, mixup=cfg.mixup)
-    source = AugmentedImages(labelled.load_images(cfg.root, train_rows, cfg.short_side), cfg.crops_per_epoch, aug)
+    images = labelled.load_images(cfg.root, train_rows, cfg.short_side)
+    source = AugmentedImages(images, cfg.crops_per_epoch, aug, device)
     tx, ty = labelled.eval_frames(cfg.root, test_rows, size)
     return TrainData(source, tx, ty, cfg.labels or photos.imagenet_labels(), [r.file for r in train_rows])
 

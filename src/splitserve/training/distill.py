@@ -52,6 +52,32 @@ class Teacher:
         return feats, logits, taps
 
 
+def teacher_views(student: EntropicStudent, teacher: Teacher, frames, batch: int, gen: torch.Generator,  # type: ignore[no-untyped-def]
+                  device: torch.device, share: bool):  # fmt: skip
+    """(prefix output, split features, teacher logits) for each batch of frames, computed without gradients.
+
+    ``share``: the student's prefix ends at the split, so its output is the very target and runs once.
+    """
+    # depthwise convolutions at high resolution run ~1.5x faster channels-last, on CPU and GPU
+    for frozen in (student.encoder.prefix, teacher.head, teacher.tapped_tail):
+        frozen.to(memory_format=torch.channels_last)
+    for x, _ in frames.batches(batch, gen):
+        # computed per batch, not around the loop: a no_grad held across a yield would switch
+        # gradients off in the training step that consumes the batch
+        yield _views_of(student, teacher, x.to(device), share)
+
+
+def _views_of(student: EntropicStudent, teacher: Teacher, x: torch.Tensor, share: bool):  # type: ignore[no-untyped-def]
+    # frozen layers need no fp32 on a GPU: fp16 runs them several times faster (their
+    # ReLU6 activations are bounded), and what they produce is used as fp32
+    with torch.no_grad(), torch.autocast("cuda", torch.float16, enabled=x.device.type == "cuda"):
+        xp = teacher.pre(x).contiguous(memory_format=torch.channels_last)
+        prefix_out = student.encoder.prefix(xp)
+        feats = prefix_out if share else teacher.head(xp)
+        logits = teacher.tapped_tail(feats)[0]
+    return prefix_out.float().contiguous(), feats.float().contiguous(), logits.float()
+
+
 class CachedTargets:
     """Training from precomputed tensors, for students that start with the teacher's frozen layers.
 
@@ -75,27 +101,18 @@ class CachedTargets:
         share: bool = False,
     ) -> None:
         inputs, targets, logits = [], [], []
-        # depthwise convolutions at high resolution run ~1.5x faster channels-last on CPU
-        for frozen in (student.encoder.prefix, teacher.head, teacher.tapped_tail):
-            frozen.to(memory_format=torch.channels_last)
         bar = tqdm(total=count, desc="caching teacher outputs", unit="img", leave=False, disable=not progress)
         cached = 0
-        with torch.no_grad():
-            while cached < count:
-                for x, _ in frames.batches(batch, gen):
-                    x = x.to(device)
-                    xp = teacher.pre(x).contiguous(memory_format=torch.channels_last)
-                    prefix_out = student.encoder.prefix(xp).contiguous()
-                    # a prefix that ends at the split computes the very targets: do not run or store them twice
-                    feats = prefix_out if share else teacher.head(xp)
-                    inputs.append(prefix_out.half().cpu())
-                    if not share:
-                        targets.append(feats.half().cpu())
-                    logits.append(teacher.tapped_tail(feats)[0].half().cpu())
-                    cached += len(x)
-                    bar.update(len(x))
-                    if cached >= count:
-                        break
+        while cached < count:
+            for prefix_out, feats, lg in teacher_views(student, teacher, frames, batch, gen, device, share):
+                inputs.append(prefix_out.half().cpu())
+                if not share:
+                    targets.append(feats.half().cpu())
+                logits.append(lg.half().cpu())
+                cached += len(lg)
+                bar.update(len(lg))
+                if cached >= count:
+                    break
         bar.close()
         self.inputs = torch.cat(inputs)[:count]
         self.targets = self.inputs if share else torch.cat(targets)[:count]
@@ -111,6 +128,25 @@ class CachedTargets:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             yield tuple(t[idx].to(self.device).float() for t in (self.inputs, self.targets, self.logits))
+
+
+class FreshTargets:
+    """The same tensors as ``CachedTargets``, but of new views every epoch (``[stage1] cache = 0``).
+
+    Function matching's point is that the student never sees a view twice; where the
+    teacher is cheap (a GPU), nothing is gained by fixing the views, so none are.
+    """
+
+    def __init__(self, student: EntropicStudent, teacher: Teacher, frames, device: torch.device,  # type: ignore[no-untyped-def]
+                 share: bool = False) -> None:  # fmt: skip
+        self.student, self.teacher, self.frames = student, teacher, frames
+        self.device, self.share = device, share
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def batches(self, batch_size: int, gen: torch.Generator):  # type: ignore[no-untyped-def]
+        yield from teacher_views(self.student, self.teacher, self.frames, batch_size, gen, self.device, self.share)
 
 
 def distortion(student: torch.Tensor, teacher: torch.Tensor, normalize: bool) -> torch.Tensor:

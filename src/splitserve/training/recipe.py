@@ -11,6 +11,7 @@ import datetime as _dt
 import json
 import logging
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -175,20 +176,19 @@ def train_student(run: Run, data: TrainData, pre: nn.Module, teacher_model: nn.M
             "make the product of the encoder strides match the teacher's downsampling at the split"
         )
 
-    cached = None
-    if cfg.stage1.cache and not _phase_done(run, "stage2"):
-        # a fixed set of views for both stages, rebuilt identically on resume from its own seed
-        cached = distill.CachedTargets(
-            student,
-            teacher,
-            sharded(data.train, run.world),
-            cfg.stage1.cache // run.world.size,
-            cfg.stage1.batch_size,
-            torch.Generator().manual_seed(cfg.seed + 100),
-            run.device,
-            run.progress,
-            share=cfg.student.prefix == cfg.teacher.split,
-        )
+    cached: distill.CachedTargets | distill.FreshTargets | None = None
+    if cfg.student.prefix and not cfg.teacher.distill and not _phase_done(run, "stage2"):
+        # the frozen prefix and the teacher run once per view, not once per width trained on it
+        share = cfg.student.prefix == cfg.teacher.split
+        frames = sharded(data.train, run.world)
+        if cfg.stage1.cache:
+            # a fixed set of views for both stages, rebuilt identically on resume from its own seed
+            cached = distill.CachedTargets(
+                student, teacher, frames, cfg.stage1.cache // run.world.size, cfg.stage1.batch_size,
+                torch.Generator().manual_seed(cfg.seed + 100), run.device, run.progress, share=share,
+            )  # fmt: skip
+        else:
+            cached = distill.FreshTargets(student, teacher, frames, run.device, share=share)
 
     # Stage 1
     if not _phase_done(run, "stage1"):
@@ -204,10 +204,12 @@ def train_student(run: Run, data: TrainData, pre: nn.Module, teacher_model: nn.M
             sched.load_state_dict(run.state["sched"])
             betas = list(run.state["betas"])
         for epoch in range(run.state["epoch"], s1.epochs):
+            started = time.monotonic()
             stats = distill.stage1_epoch(
                 student, teacher, data, s1, opt, aux_opt, sched, gen, rng, run.device,
                 f"stage 1 {epoch + 1}/{s1.epochs}", betas, run.progress, cached, run.world,
             )  # fmt: skip
+            stats["seconds"] = round(time.monotonic() - started, 2)
             log.info("stage 1 epoch %d: %s", epoch + 1, stats)
             run.state["history"].append({"phase": "stage1", "epoch": epoch + 1, **stats})
             last = epoch + 1 == s1.epochs
@@ -255,11 +257,13 @@ def train_student(run: Run, data: TrainData, pre: nn.Module, teacher_model: nn.M
             sched.load_state_dict(run.state["sched"])
             tables = student.entropy_tables()
         for epoch in range(run.state["epoch"], s2.epochs):
+            started = time.monotonic()
             stats = distill.stage2_epoch(
                 student, tables, ft_tail, teacher, data, s2, opt, sched, gen, rng, run.device,
                 f"stage 2 {epoch + 1}/{s2.epochs}", cfg.stage1.random_widths, run.progress,
                 betas, cfg.stage1.target_bits, cfg.stage1.beta_lr, cached, run.world,
             )  # fmt: skip
+            stats["seconds"] = round(time.monotonic() - started, 2)
             log.info("stage 2 epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in stats.items()})
             run.state["history"].append({"phase": "stage2", "epoch": epoch + 1, **stats})
             last = epoch + 1 == s2.epochs
@@ -303,6 +307,9 @@ def _train(cfg: TrainConfig, out_root: Path, work: Path, resume: bool, progress:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     run = Run(cfg, work, resume, progress, world)
+    if run.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: pick each convolution's fastest kernel once
+        torch.backends.cuda.matmul.allow_tf32 = True
     data = build_data(cfg.data, cfg.seed, str(run.device))
     spec = _input_spec(cfg)
     pre = Preprocess(spec).to(run.device)
@@ -362,12 +369,16 @@ def _train(cfg: TrainConfig, out_root: Path, work: Path, resume: bool, progress:
 
     n = cfg.eval.limit or len(data.test_images)
     labels = data.test_labels[:n] if data.has_labels else None
-    teacher_summary, results = evaluate_bundle(
-        bundle, data.test_images[:n], labels, cfg.eval.batch_size, progress=progress
-    )
+    return record_evaluation(bundle, data.test_images[:n], labels, cfg.eval.batch_size, progress)
+
+
+def record_evaluation(bundle: Bundle, images: np.ndarray, labels: np.ndarray | None, batch_size: int,
+                      progress: bool = True) -> Bundle:  # fmt: skip
+    """Measure every width on held-out frames and write the numbers into the bundle's manifest."""
+    teacher_summary, results = evaluate_bundle(bundle, images, labels, batch_size, progress=progress)
     manifest = dict(bundle.manifest)
     manifest["teacher"] = {**manifest["teacher"], "accuracy": teacher_summary["accuracy"]}
-    manifest["evaluation"] = {"frames": n, "teacher": teacher_summary}
+    manifest["evaluation"] = {"frames": len(images), "teacher": teacher_summary}
     for r in results:
         manifest["widths"][r.width].update(
             bytes_mean=round(r.bytes_mean, 2),
@@ -376,5 +387,5 @@ def _train(cfg: TrainConfig, out_root: Path, work: Path, resume: bool, progress:
             agreement=r.agreement,
             head_ms=round(r.head_ms, 4),
         )
-    (dest / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return Bundle.load(dest)
+    (bundle.path / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return Bundle.load(bundle.path)
