@@ -7,10 +7,11 @@ import tomllib
 import numpy as np
 import pytest
 import torch
-from conftest import BIN
+from conftest import BIN, ROOT
 
 from splitserve.data.samples import load_sample
 from splitserve.models.bundle import Bundle
+from splitserve.models.zoo import BUNDLED, bundle_dirs
 from splitserve.training.config import ConfigError, load_config, parse_config
 from splitserve.training.recipe import train
 
@@ -183,3 +184,10 @@ def test_augmented_views_are_new_every_epoch_and_the_same_for_a_seed():
     assert torch.equal(first, epoch(torch.Generator().manual_seed(1)))
     labels = torch.cat([y for _, y in source.batches(4, torch.Generator())])
     assert labels.tolist() == [-1] * 10  # mixed views have no label: the teacher's logits are the target
+
+
+@pytest.mark.parametrize("name", ["fmnist-split", "lite0-imagenet"])
+def test_the_shipped_configs_parse_and_made_the_bundled_version(name):
+    cfg = load_config(ROOT / "configs" / f"{name}.toml")
+    assert cfg.model.name == name
+    assert list(bundle_dirs(BUNDLED)[name]) == [cfg.model.version]
