@@ -92,6 +92,23 @@ def test_training_is_deterministic_and_resumable(smoke, tmp_path):
     )
 
 
+def test_a_resume_at_a_phase_boundary_trains_as_a_fresh_run(smoke, tmp_path):
+    # a run stopped right after stage 1's last epoch resumes stage 2 with stage 2's own random
+    # streams, so the bundle is the one an uninterrupted run makes
+    root, cfg, bundle = smoke
+    stopped = load_config(root / "smoke.toml")
+    stopped.stage2.epochs = 0  # stage 1 runs, its checkpoint ends at stage 2, epoch 0
+    train(stopped, tmp_path / "m0", tmp_path / "work", progress=False)
+    state = torch.load(tmp_path / "work" / "checkpoint.pt", weights_only=False)
+    assert (state["phase"], state["epoch"]) == ("stage2", 0)
+    state["config"] = cfg.to_dict()
+    torch.save(state, tmp_path / "work" / "checkpoint.pt")
+    resumed = train(cfg, tmp_path / "m1", tmp_path / "work", resume=True, progress=False)
+    a = torch.load(bundle.path / "tail.pt", weights_only=True)
+    b = torch.load(resumed.path / "tail.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_resume_refuses_a_different_config(smoke):
     root, cfg, _ = smoke
     cfg2 = load_config(root / "smoke.toml")
@@ -107,6 +124,7 @@ def test_bad_configs_are_clear():
         ({"student": {"fractions": [1.0, 0.5]}}, "fractions must increase"),
         ({"stage1": {"target_bits": [1.0]}, "student": {"fractions": [0.5, 1.0]}}, "one positive value per width"),
         ({"optimizer": {}}, "unknown config key"),
+        ({"stage2": {"finetune_tail": False, "tail_lr": 1e-4}}, "only set with finetune_tail"),
     ):
         with pytest.raises(ConfigError, match=message):
             parse_config(data)
@@ -156,6 +174,7 @@ def test_a_student_on_the_teachers_prefix_trains_on_new_views_every_epoch(tmp_pa
         SMOKE.replace('distill = ["block3"]', "distill = []")
         .replace("stages = [[16, 5, 2], [16, 5, 2]]", 'stages = [[16, 5, 2]]\nprefix = "block1"')
         .replace("kd_weight = 1.0", "cache = 0")
+        .replace("[stage2]\n", "[stage2]\nfinetune_tail = true\ntail_lr = 1e-12\n")
     )
     cfg = parse_config(tomllib.loads(text))
     bundle = train(cfg, tmp_path / "models", tmp_path / "work", progress=False)
@@ -165,6 +184,10 @@ def test_a_student_on_the_teachers_prefix_trains_on_new_views_every_epoch(tmp_pa
     assert [h["phase"] for h in history].count("stage2") == 1
     assert all(h["seconds"] > 0 for h in history if h["phase"] != "teacher")
     assert all(0 <= w["accuracy"] <= 1 and w["bytes_mean"] > 0 for w in bundle.manifest["widths"])
+    # the tail learns at its own rate (here: none to speak of), the decoder at [stage2] lr
+    tail = torch.load(bundle.path / "tail.pt", weights_only=True)
+    teacher_tail = bundle.teacher_split()[1].state_dict()
+    assert all(torch.allclose(tail[f"tail.{k}"], v, atol=1e-6) for k, v in teacher_tail.items())
 
 
 def test_augmented_views_are_new_every_epoch_and_the_same_for_a_seed():

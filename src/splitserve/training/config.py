@@ -117,6 +117,9 @@ class Stage2Section:
     epochs: int = 4
     lr: float = 1e-3
     finetune_tail: bool = True
+    # the fine-tuned tail's learning rate (0: lr); a pretrained tail wants a gentler one than
+    # the decoder it learns to read from
+    tail_lr: float = 0.0
     # keep training the encoder for the task too, its rate charged by the frozen priors
     # (whose tables are already fixed) at the stage-1 betas
     train_encoder: bool = False
@@ -183,3 +186,5 @@ def validate(cfg: TrainConfig) -> None:
         len(cfg.stage1.target_bits) != len(s.fractions) or any(t <= 0 for t in cfg.stage1.target_bits)
     ):
         raise ConfigError("[stage1] target_bits needs one positive value per width")
+    if cfg.stage2.tail_lr < 0 or (cfg.stage2.tail_lr and not cfg.stage2.finetune_tail):
+        raise ConfigError("[stage2] tail_lr must be >= 0, and only set with finetune_tail = true")

@@ -174,20 +174,20 @@ def stage1_epoch(
     desc: str,
     betas: list[float],
     progress: bool = True,
-    cached: CachedTargets | None = None,
+    views: CachedTargets | FreshTargets | None = None,
     world: World | None = None,
 ) -> dict[str, float]:
     """One epoch of stage 1. ``betas`` (one per width) adapts in place under rate control."""
     world = world or World()
     student.train()
     n = student.cfg.widths
-    source = cached if cached is not None else sharded(data.train, world)
+    source = views if views is not None else sharded(data.train, world)
     bar = tqdm(total=len(source), desc=desc, unit="img", leave=False, disable=not progress)
     sums = {"loss": 0.0, "mse": 0.0, "bits": 0.0}
     width_bits: dict[int, list[float]] = {}
     seen = 0
     for batch in source.batches(cfg.batch_size, gen):
-        if cached is not None:  # the prefix's output, the split features, the teacher's logits
+        if views is not None:  # the prefix's output, the split features, the teacher's logits
             xp, feats, logits = batch
             x, taps = xp, []
         else:
@@ -196,7 +196,7 @@ def stage1_epoch(
             xp = teacher.pre(x)
         loss = torch.zeros((), device=device)
         for w in sandwich(n, cfg.random_widths, rng):
-            f_hat, lik = student(xp, w, prefixed=cached is not None, rate=cfg.rate_proxy)
+            f_hat, lik = student(xp, w, prefixed=views is not None, rate=cfg.rate_proxy)
             logits_hat, taps_hat = teacher.tapped_tail(f_hat) if (taps or cfg.kd_weight) else (None, [])
             mse = sum(
                 (distortion(a, b, cfg.normalize) for a, b in zip([f_hat, *taps_hat], [feats, *taps], strict=True)),
@@ -278,7 +278,7 @@ def stage2_epoch(
     betas: list[float] | None = None,
     target_bits: list[float] | None = None,
     beta_lr: float = 0.01,
-    cached: CachedTargets | None = None,
+    views: CachedTargets | FreshTargets | None = None,
     world: World | None = None,
 ) -> dict[str, float]:
     """One epoch of stage 2 on the codec's exact quantization (the tables are already fixed).
@@ -294,12 +294,12 @@ def stage2_epoch(
     student.decoder.train()
     tail.eval()  # BN statistics stay the teacher's; only weights adapt
     n = student.cfg.widths
-    source = cached if cached is not None else sharded(data.train, world)
+    source = views if views is not None else sharded(data.train, world)
     bar = tqdm(total=len(source), desc=desc, unit="img", leave=False, disable=not progress)
     sums = {"loss": 0.0, "kd": 0.0, "bits": 0.0}
     correct, seen = 0, 0
     for batch in source.batches(cfg.batch_size, gen):
-        if cached is not None:  # views drawn once: the prefix's output and the teacher's logits
+        if views is not None:  # the prefix's output and the teacher's logits, made once per view
             xp, _, t_logits = batch
             y = torch.full((len(xp),), -1, dtype=torch.int64, device=device)
         else:
@@ -309,7 +309,7 @@ def stage2_epoch(
         loss = torch.zeros((), device=device)
         for w in sandwich(n, extra_widths, rng):
             with torch.set_grad_enabled(cfg.train_encoder):
-                latent = student.encoder(xp, w, prefixed=cached is not None)
+                latent = student.encoder(xp, w, prefixed=views is not None)
                 y_hat = latent + (tables[w].dequantize(latent) - latent).detach()  # straight-through
             logits = tail(student.decoder(y_hat, w))
             task = kd_loss(logits, t_logits, y, cfg.temperature)

@@ -77,7 +77,8 @@ class Run:
         """Generators for a phase: fresh from the seed, or restored from the checkpoint."""
         gen = torch.Generator().manual_seed(self.cfg.seed + PHASES.index(phase))
         rng = random.Random(self.cfg.seed + PHASES.index(phase))
-        if self.state["phase"] == phase and "gen" in self.state:
+        # only mid-phase: the checkpoint at a phase's end still holds the previous phase's streams
+        if self.state["phase"] == phase and self.state["epoch"] and "gen" in self.state:
             gen.set_state(self.state["gen"])
             rng.setstate(self.state["rng"])
             torch.set_rng_state(self.state["torch_rng"])
@@ -176,24 +177,24 @@ def train_student(run: Run, data: TrainData, pre: nn.Module, teacher_model: nn.M
             "make the product of the encoder strides match the teacher's downsampling at the split"
         )
 
-    cached: distill.CachedTargets | distill.FreshTargets | None = None
+    views: distill.CachedTargets | distill.FreshTargets | None = None
     if cfg.student.prefix and not cfg.teacher.distill and not _phase_done(run, "stage2"):
         # the frozen prefix and the teacher run once per view, not once per width trained on it
         share = cfg.student.prefix == cfg.teacher.split
         frames = sharded(data.train, run.world)
         if cfg.stage1.cache:
             # a fixed set of views for both stages, rebuilt identically on resume from its own seed
-            cached = distill.CachedTargets(
+            views = distill.CachedTargets(
                 student, teacher, frames, cfg.stage1.cache // run.world.size, cfg.stage1.batch_size,
                 torch.Generator().manual_seed(cfg.seed + 100), run.device, run.progress, share=share,
             )  # fmt: skip
         else:
-            cached = distill.FreshTargets(student, teacher, frames, run.device, share=share)
+            views = distill.FreshTargets(student, teacher, frames, run.device, share=share)
 
     # Stage 1
     if not _phase_done(run, "stage1"):
         s1 = cfg.stage1
-        steps = -(-len(cached if cached is not None else sharded(data.train, run.world)) // s1.batch_size) * s1.epochs
+        steps = -(-len(views if views is not None else sharded(data.train, run.world)) // s1.batch_size) * s1.epochs
         opt, aux_opt, sched = distill.stage1_optimizers(student, s1, steps)
         gen, rng = run.seed_streams("stage1")
         betas = distill.initial_betas(s1, student.cfg.widths)
@@ -207,7 +208,7 @@ def train_student(run: Run, data: TrainData, pre: nn.Module, teacher_model: nn.M
             started = time.monotonic()
             stats = distill.stage1_epoch(
                 student, teacher, data, s1, opt, aux_opt, sched, gen, rng, run.device,
-                f"stage 1 {epoch + 1}/{s1.epochs}", betas, run.progress, cached, run.world,
+                f"stage 1 {epoch + 1}/{s1.epochs}", betas, run.progress, views, run.world,
             )  # fmt: skip
             stats["seconds"] = round(time.monotonic() - started, 2)
             log.info("stage 1 epoch %d: %s", epoch + 1, stats)
@@ -243,11 +244,14 @@ def train_student(run: Run, data: TrainData, pre: nn.Module, teacher_model: nn.M
             p.requires_grad_(s2.train_encoder)
         if student.encoder.prefix is not None:
             student.encoder.prefix.requires_grad_(False)
-        params = list(student.decoder.parameters()) + (list(ft_tail.parameters()) if s2.finetune_tail else [])
+        params = list(student.decoder.parameters())
         if s2.train_encoder:
             params += [p for p in student.encoder.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=s2.lr)
-        steps = -(-len(cached if cached is not None else sharded(data.train, run.world)) // s2.batch_size) * s2.epochs
+        groups: list[dict[str, Any]] = [{"params": params}]
+        if s2.finetune_tail:
+            groups.append({"params": list(ft_tail.parameters()), "lr": s2.tail_lr or s2.lr})
+        opt = torch.optim.Adam(groups, lr=s2.lr)
+        steps = -(-len(views if views is not None else sharded(data.train, run.world)) // s2.batch_size) * s2.epochs
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
         gen, rng = run.seed_streams("stage2")
         if run.state["phase"] == "stage2" and run.state["epoch"]:
@@ -261,7 +265,7 @@ def train_student(run: Run, data: TrainData, pre: nn.Module, teacher_model: nn.M
             stats = distill.stage2_epoch(
                 student, tables, ft_tail, teacher, data, s2, opt, sched, gen, rng, run.device,
                 f"stage 2 {epoch + 1}/{s2.epochs}", cfg.stage1.random_widths, run.progress,
-                betas, cfg.stage1.target_bits, cfg.stage1.beta_lr, cached, run.world,
+                betas, cfg.stage1.target_bits, cfg.stage1.beta_lr, views, run.world,
             )  # fmt: skip
             stats["seconds"] = round(time.monotonic() - started, 2)
             log.info("stage 2 epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in stats.items()})
