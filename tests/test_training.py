@@ -93,8 +93,8 @@ def test_training_is_deterministic_and_resumable(smoke, tmp_path):
 
 
 def test_a_resume_at_a_phase_boundary_trains_as_a_fresh_run(smoke, tmp_path):
-    # a run stopped right after stage 1's last epoch resumes stage 2 with stage 2's own random
-    # streams, so the bundle is the one an uninterrupted run makes
+    # a run stopped right after stage 1's last epoch, then resumed, makes the bundle an
+    # uninterrupted run makes (stage 2 draws the same random streams either way)
     root, cfg, bundle = smoke
     stopped = load_config(root / "smoke.toml")
     stopped.stage2.epochs = 0  # stage 1 runs, its checkpoint ends at stage 2, epoch 0

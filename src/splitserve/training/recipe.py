@@ -190,11 +190,12 @@ def train_student(run: Run, data: TrainData, pre: nn.Module, teacher_model: nn.M
             )  # fmt: skip
         else:
             views = distill.FreshTargets(student, teacher, frames, run.device, share=share)
+    epoch_frames = len(views if views is not None else sharded(data.train, run.world))
 
     # Stage 1
     if not _phase_done(run, "stage1"):
         s1 = cfg.stage1
-        steps = -(-len(views if views is not None else sharded(data.train, run.world)) // s1.batch_size) * s1.epochs
+        steps = -(-epoch_frames // s1.batch_size) * s1.epochs
         opt, aux_opt, sched = distill.stage1_optimizers(student, s1, steps)
         gen, rng = run.seed_streams("stage1")
         betas = distill.initial_betas(s1, student.cfg.widths)
@@ -251,7 +252,7 @@ def train_student(run: Run, data: TrainData, pre: nn.Module, teacher_model: nn.M
         if s2.finetune_tail:
             groups.append({"params": list(ft_tail.parameters()), "lr": s2.tail_lr or s2.lr})
         opt = torch.optim.Adam(groups, lr=s2.lr)
-        steps = -(-len(views if views is not None else sharded(data.train, run.world)) // s2.batch_size) * s2.epochs
+        steps = -(-epoch_frames // s2.batch_size) * s2.epochs
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
         gen, rng = run.seed_streams("stage2")
         if run.state["phase"] == "stage2" and run.state["epoch"]:
