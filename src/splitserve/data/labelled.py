@@ -19,6 +19,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -80,11 +81,11 @@ def held_out(rows: list[LabelledImage], modulo: int) -> tuple[list[LabelledImage
     return [r for r in rows if r.index % modulo], [r for r in rows if r.index % modulo == 0]
 
 
-def _threads() -> int:
+def worker_threads() -> int:
     return max(1, min(8, len(os.sched_getaffinity(0))))
 
 
-def load_image(path: Path, short_side: int) -> np.ndarray:
+def load_image(path: Path | BinaryIO, short_side: int) -> np.ndarray:
     """uint8 (H, W, 3) with the short side resized to ``short_side`` (JPEGs decode at a reduced scale first)."""
     try:
         with Image.open(path) as img:
@@ -108,7 +109,7 @@ def center_crop(image: np.ndarray, size: int) -> np.ndarray:
 def load_images(root: str | Path, rows: list[LabelledImage], short_side: int) -> list[np.ndarray]:
     """The rows' images, short side resized (decoded on a few threads: PIL releases the GIL)."""
     root = Path(root)
-    with ThreadPoolExecutor(_threads()) as pool:
+    with ThreadPoolExecutor(worker_threads()) as pool:
         return list(pool.map(lambda r: load_image(root / r.file, short_side), rows))
 
 

@@ -57,6 +57,10 @@ class DataSection:
     crop_scale_min: float = 0.25
     jitter: float = 0.3
     mixup: float = 0.5
+    # labelled dataset: folders of unlabelled photos (any tree of image files) whose views join the
+    # training images' (function matching needs no labels); at most extra_limit of them (0: all)
+    extra_images: list[str] = field(default_factory=list)
+    extra_limit: int = 0
 
 
 @dataclass
@@ -186,5 +190,9 @@ def validate(cfg: TrainConfig) -> None:
         len(cfg.stage1.target_bits) != len(s.fractions) or any(t <= 0 for t in cfg.stage1.target_bits)
     ):
         raise ConfigError("[stage1] target_bits needs one positive value per width")
+    if d.extra_images and d.dataset != "labelled":
+        raise ConfigError('[data] extra_images needs dataset = "labelled"')
+    if d.extra_limit < 0:
+        raise ConfigError(f"[data] extra_limit must be >= 0, got {d.extra_limit}")
     if cfg.stage2.tail_lr < 0 or (cfg.stage2.tail_lr and not cfg.stage2.finetune_tail):
         raise ConfigError("[stage2] tail_lr must be >= 0, and only set with finetune_tail = true")

@@ -6,6 +6,7 @@ exactly the frames a device would send.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,11 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from splitserve.data import fashion_mnist, labelled, photos
+from splitserve.data import fashion_mnist, labelled, photos, unlabelled
 from splitserve.data.samples import load_sample
 from splitserve.training.augment import Augmentation, AugmentedImages
 from splitserve.training.config import ConfigError, DataSection
 from splitserve.training.frames import FrameSource
+
+log = logging.getLogger("splitserve.train")
 
 
 class TensorFrames(FrameSource):
@@ -110,7 +113,7 @@ def _load_folder_eval(root: Path, size: tuple[int, int], limit: int) -> tuple[np
     return images, labels, list(ds.classes)
 
 
-def build_data(cfg: DataSection, seed: int, device: str = "cpu") -> TrainData:
+def build_data(cfg: DataSection, seed: int, device: str = "cpu", progress: bool = False) -> TrainData:
     if cfg.dataset == "fashion-mnist":
         x, y = _limit(*fashion_mnist.load("train", cfg.root or None), cfg.train_limit)
         tx, ty = _limit(*fashion_mnist.load("test", cfg.root or None), cfg.test_limit)
@@ -131,7 +134,7 @@ def build_data(cfg: DataSection, seed: int, device: str = "cpu") -> TrainData:
         return TrainData(TensorFrames(x, y), images[:n_test], labels[:n_test], cfg.labels or [str(i) for i in
                          range(int(labels.max()) + 1)])  # fmt: skip
     if cfg.dataset == "labelled":
-        return _labelled(cfg, device)
+        return _labelled(cfg, device, progress)
     if cfg.dataset == "photos":
         return _photos(cfg, seed, device)
     raise ConfigError(
@@ -139,7 +142,7 @@ def build_data(cfg: DataSection, seed: int, device: str = "cpu") -> TrainData:
     )
 
 
-def _labelled(cfg: DataSection, device: str) -> TrainData:
+def _labelled(cfg: DataSection, device: str, progress: bool) -> TrainData:
     """A folder with a labels.tsv: the held-out classes are the test set, the rest trains by function matching."""
     if not cfg.root:
         raise ConfigError('[data] dataset = "labelled" needs root = "<folder with labels.tsv>"')
@@ -154,9 +157,32 @@ def _labelled(cfg: DataSection, device: str) -> TrainData:
     size = cfg.input_shape[1]
     aug = Augmentation(size=size, scale=(cfg.crop_scale_min, 1.0), jitter=cfg.jitter, mixup=cfg.mixup)
     images = labelled.load_images(cfg.root, train_rows, cfg.short_side)
+    if cfg.extra_images:
+        images += _extra_images(cfg, [Path(cfg.root) / r.file for r in test_rows], progress)
     source = AugmentedImages(images, cfg.crops_per_epoch, aug, device)
     tx, ty = labelled.eval_frames(cfg.root, test_rows, size)
     return TrainData(source, tx, ty, cfg.labels or photos.imagenet_labels(), [r.file for r in train_rows])
+
+
+def _extra_images(cfg: DataSection, held_out: list[Path], progress: bool) -> list[np.ndarray]:
+    """``[data] extra_images``: unlabelled photos; a copy of a held-out image is never among them."""
+    try:
+        extra = unlabelled.load_unlabelled(
+            cfg.extra_images, cfg.short_side, cfg.extra_limit, frozenset(map(unlabelled.file_digest, held_out)),
+            progress,
+        )  # fmt: skip
+    except FileNotFoundError as exc:
+        raise ConfigError(f"[data] extra_images: {exc}") from None
+    log.info("[data] extra_images: %d photos from %s", len(extra.images), ", ".join(cfg.extra_images))
+    if extra.unreadable:
+        log.warning("[data] extra_images: %d files are not readable images, skipped (first: %s)",
+                    len(extra.unreadable), extra.unreadable[0])  # fmt: skip
+    if extra.excluded:
+        log.warning("[data] extra_images: %d files are copies of held-out images, left out (first: %s)",
+                    len(extra.excluded), extra.excluded[0])  # fmt: skip
+    if not extra.images:
+        raise ConfigError(f"[data] extra_images: no readable images in {', '.join(cfg.extra_images)}")
+    return extra.images
 
 
 def _photos(cfg: DataSection, seed: int, device: str) -> TrainData:

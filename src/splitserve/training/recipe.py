@@ -315,7 +315,7 @@ def _train(cfg: TrainConfig, out_root: Path, work: Path, resume: bool, progress:
     if run.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: pick each convolution's fastest kernel once
         torch.backends.cuda.matmul.allow_tf32 = True
-    data = build_data(cfg.data, cfg.seed, str(run.device))
+    data = build_data(cfg.data, cfg.seed, str(run.device), run.progress)
     spec = _input_spec(cfg)
     pre = Preprocess(spec).to(run.device)
     teacher_model = train_teacher(run, data, pre)

@@ -1,0 +1,89 @@
+"""[data] extra_images: unlabelled photo folders join function matching, never a held-out image."""
+
+import logging
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from splitserve.data import unlabelled
+from splitserve.data.samples import load_sample
+from splitserve.training.config import ConfigError, parse_config
+from splitserve.training.data import build_data
+
+
+@pytest.fixture
+def folders(tmp_path):
+    """A labelled folder (3 training, 3 held-out images) and a tree of unlabelled ones beside it."""
+    photos, _ = load_sample("photos-224")
+    root = tmp_path / "labelled"
+    root.mkdir()
+    rows = ["file\tindex\twnid\tname"]
+    for i, idx in enumerate([5, 0, 10, 3, 20, 7]):  # multiples of 10 are held out
+        Image.fromarray(photos[i]).save(root / f"img_{i}.JPEG", quality=90)
+        rows.append(f"img_{i}.JPEG\t{idx}\tn{idx:08d}\tclass_{idx}")
+    (root / "labels.tsv").write_text("\n".join(rows) + "\n")
+    extra = tmp_path / "extra"
+    (extra / "cats").mkdir(parents=True)
+    (extra / "dogs" / "small").mkdir(parents=True)
+    Image.fromarray(photos[10]).save(extra / "cats" / "a.jpg", quality=90)
+    Image.fromarray(photos[11]).convert("L").save(extra / "cats" / "b.PNG")  # grey: made RGB
+    Image.fromarray(photos[12][:90, :130]).save(extra / "dogs" / "small" / "c.webp")  # smaller than short_side
+    (extra / "dogs" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (extra / "dogs" / "notes.txt").write_text("not an image")
+    shutil.copy(root / "img_2.JPEG", extra / "dogs" / "held_out_copy.jpg")  # class 10: held out
+    return root, extra
+
+
+def config(root, extra, **data):
+    return parse_config({
+        "data": {"dataset": "labelled", "root": str(root), "input_shape": [3, 224, 224], "mean": [0.5] * 3,
+                 "std": [0.5] * 3, "short_side": 96, "extra_images": [str(extra)], **data},
+    })  # fmt: skip
+
+
+def test_unlabelled_folders_are_read_in_order_and_bad_files_counted(folders):
+    root, extra = folders
+    held = frozenset(unlabelled.file_digest(root / f"img_{i}.JPEG") for i in (1, 2, 4))
+    got = unlabelled.load_unlabelled([extra], 96, exclude_digests=held, progress=False)
+    assert [p.relative_to(extra).as_posix() for p in got.files] == ["cats/a.jpg", "cats/b.PNG", "dogs/small/c.webp"]
+    assert [p.name for p in got.unreadable] == ["broken.jpg"]
+    assert [p.name for p in got.excluded] == ["held_out_copy.jpg"]
+    assert all(i.dtype == np.uint8 and i.ndim == 3 and i.shape[2] == 3 and min(i.shape[:2]) == 96 for i in got.images)
+    # a limit takes the first files in sorted order, the same on every machine
+    first = unlabelled.load_unlabelled([extra], 96, limit=2, progress=False)
+    assert [p.name for p in first.files] == ["a.jpg", "b.PNG"]
+
+
+def test_extra_images_join_the_training_views_but_no_held_out_copy(folders, caplog):
+    root, extra = folders
+    with caplog.at_level(logging.WARNING, "splitserve.train"):
+        data = build_data(config(root, extra).data, 0)
+    assert len(data.train.images) == 3 + 3  # the labelled folder's 3 training images and 3 extra ones
+    assert len(data.test_images) == 3 and sorted(data.test_labels.tolist()) == [0, 10, 20]
+    assert data.train_files == ["img_0.JPEG", "img_3.JPEG", "img_5.JPEG"]  # what eval leaves out: labelled ones
+    assert "1 files are not readable images" in caplog.text
+    assert "1 files are copies of held-out images, left out" in caplog.text
+    x, y = next(data.train.batches(4, torch.Generator().manual_seed(0)))
+    assert tuple(x.shape) == (4, 224, 224, 3) and y.tolist() == [-1] * 4
+    assert len(build_data(config(root, extra, extra_limit=1).data, 0).train.images) == 3 + 1
+
+
+def test_bad_extra_images_are_clear(folders, tmp_path):
+    root, extra = folders
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    for cfg, message in (
+        (lambda: config(root, tmp_path / "missing"), "no such folder of images"),
+        (lambda: config(root, tmp_path / "empty"), "no images"),
+        (lambda: config(root, extra / "dogs" / "small", extra_limit=-1), "extra_limit must be >= 0"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            build_data(cfg().data, 0)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "x.jpg").write_bytes(b"junk")
+    with pytest.raises(ConfigError, match="no readable images"):
+        build_data(config(root, tmp_path / "junk").data, 0)
+    with pytest.raises(ConfigError, match='extra_images needs dataset = "labelled"'):
+        parse_config({"data": {"dataset": "fashion-mnist", "extra_images": [str(extra)]}})
