@@ -69,6 +69,8 @@ def test_extra_images_join_the_training_views_but_no_held_out_copy(folders, capl
     x, y = next(data.train.batches(4, torch.Generator().manual_seed(0)))
     assert tuple(x.shape) == (4, 224, 224, 3) and y.tolist() == [-1] * 4
     assert len(build_data(config(root, extra, extra_limit=1).data, 0).train.images) == 3 + 1
+    # evaluating fewer held-out images here does not make the others trainable
+    assert len(build_data(config(root, extra, test_limit=1).data, 0).train.images) == 3 + 3
 
 
 def test_bad_extra_images_are_clear(folders, tmp_path):

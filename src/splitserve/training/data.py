@@ -153,12 +153,13 @@ def _labelled(cfg: DataSection, device: str, progress: bool) -> TrainData:
     train_rows, test_rows = labelled.held_out(rows, cfg.holdout_modulo)
     if not train_rows or not test_rows:
         raise ConfigError(f"[data] holdout_modulo = {cfg.holdout_modulo} leaves no training or no held-out images")
+    never_train = [Path(cfg.root) / r.file for r in test_rows]  # all of them, however many are evaluated here
     train_rows, test_rows = _limit_rows(train_rows, cfg.train_limit), _limit_rows(test_rows, cfg.test_limit)
     size = cfg.input_shape[1]
     aug = Augmentation(size=size, scale=(cfg.crop_scale_min, 1.0), jitter=cfg.jitter, mixup=cfg.mixup)
     images = labelled.load_images(cfg.root, train_rows, cfg.short_side)
     if cfg.extra_images:
-        images += _extra_images(cfg, [Path(cfg.root) / r.file for r in test_rows], progress)
+        images += _extra_images(cfg, never_train, progress)
     source = AugmentedImages(images, cfg.crops_per_epoch, aug, device)
     tx, ty = labelled.eval_frames(cfg.root, test_rows, size)
     return TrainData(source, tx, ty, cfg.labels or photos.imagenet_labels(), [r.file for r in train_rows])
