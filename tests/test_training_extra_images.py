@@ -10,6 +10,7 @@ from PIL import Image
 
 from splitserve.data import unlabelled
 from splitserve.data.samples import load_sample
+from splitserve.models.manifest import file_sha256
 from splitserve.training.config import ConfigError, parse_config
 from splitserve.training.data import build_data
 
@@ -46,7 +47,7 @@ def config(root, extra, **data):
 
 def test_unlabelled_folders_are_read_in_order_and_bad_files_counted(folders):
     root, extra = folders
-    held = frozenset(unlabelled.file_digest(root / f"img_{i}.JPEG") for i in (1, 2, 4))
+    held = frozenset(file_sha256(root / f"img_{i}.JPEG") for i in (1, 2, 4))
     got = unlabelled.load_unlabelled([extra], 96, exclude_digests=held, progress=False)
     assert [p.relative_to(extra).as_posix() for p in got.files] == ["cats/a.jpg", "cats/b.PNG", "dogs/small/c.webp"]
     assert [p.name for p in got.unreadable] == ["broken.jpg"]

@@ -43,15 +43,11 @@ def find_images(folder: str | Path) -> list[Path]:
     return files
 
 
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def load_unlabelled(
     folders: Iterable[str | Path],
     short_side: int,
     limit: int = 0,
-    exclude_digests: frozenset[str] = frozenset(),
+    exclude_digests: frozenset[str] = frozenset(),  # sha256 hex of files to leave out
     progress: bool = True,
 ) -> UnlabelledImages:
     """The folders' images with the short side resized to ``short_side``; at most ``limit`` (0: all)."""

@@ -16,6 +16,7 @@ import torch
 
 from splitserve.data import fashion_mnist, labelled, photos, unlabelled
 from splitserve.data.samples import load_sample
+from splitserve.models.manifest import file_sha256
 from splitserve.training.augment import Augmentation, AugmentedImages
 from splitserve.training.config import ConfigError, DataSection
 from splitserve.training.frames import FrameSource
@@ -169,7 +170,7 @@ def _extra_images(cfg: DataSection, held_out: list[Path], progress: bool) -> lis
     """``[data] extra_images``: unlabelled photos; a copy of a held-out image is never among them."""
     try:
         extra = unlabelled.load_unlabelled(
-            cfg.extra_images, cfg.short_side, cfg.extra_limit, frozenset(map(unlabelled.file_digest, held_out)),
+            cfg.extra_images, cfg.short_side, cfg.extra_limit, frozenset(map(file_sha256, held_out)),
             progress,
         )  # fmt: skip
     except FileNotFoundError as exc:
