@@ -1,6 +1,7 @@
 """Training smoke runs: small, on CPU, a couple of minutes at most."""
 
 import json
+import shutil
 import subprocess
 import tomllib
 
@@ -13,7 +14,7 @@ from splitserve.data.samples import load_sample
 from splitserve.models.bundle import Bundle
 from splitserve.models.zoo import BUNDLED, bundle_dirs
 from splitserve.training.config import ConfigError, load_config, parse_config
-from splitserve.training.recipe import train
+from splitserve.training.recipe import Run, stage2_schedule, train
 
 SMOKE = """
 seed = 3
@@ -42,7 +43,8 @@ normalize = true
 target_bits = [100, 200]
 kd_weight = 1.0
 [stage2]
-epochs = 1
+epochs = 2
+cycles = 2
 batch_size = 64
 [eval]
 limit = 100
@@ -109,6 +111,28 @@ def test_a_resume_at_a_phase_boundary_trains_as_a_fresh_run(smoke, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_resume_between_stage2_cycles_trains_as_an_uninterrupted_run(smoke, tmp_path, monkeypatch):
+    # the learning rate restarts with the second cycle: a resumed run must restart it too,
+    # at the same step, with the optimizer's and the random streams' state
+    root, cfg, bundle = smoke
+    save = Run.save
+
+    def save_and_snapshot(self, **parts):
+        save(self, **parts)
+        if (parts.get("phase"), parts.get("epoch")) == ("stage2", 1):
+            shutil.copy(self.ckpt, tmp_path / "after-cycle-1.pt")
+
+    monkeypatch.setattr(Run, "save", save_and_snapshot)
+    train(cfg, tmp_path / "m0", tmp_path / "work0", progress=False)
+    monkeypatch.undo()
+    (tmp_path / "work1").mkdir()
+    shutil.copy(tmp_path / "after-cycle-1.pt", tmp_path / "work1" / "checkpoint.pt")
+    resumed = train(cfg, tmp_path / "m1", tmp_path / "work1", resume=True, progress=False)
+    a = torch.load(bundle.path / "tail.pt", weights_only=True)
+    b = torch.load(resumed.path / "tail.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_resume_refuses_a_different_config(smoke):
     root, cfg, _ = smoke
     cfg2 = load_config(root / "smoke.toml")
@@ -125,9 +149,24 @@ def test_bad_configs_are_clear():
         ({"stage1": {"target_bits": [1.0]}, "student": {"fractions": [0.5, 1.0]}}, "one positive value per width"),
         ({"optimizer": {}}, "unknown config key"),
         ({"stage2": {"finetune_tail": False, "tail_lr": 1e-4}}, "only set with finetune_tail"),
+        ({"stage2": {"epochs": 10, "cycles": 3}}, "cycles must be >= 1 and divide epochs"),
+        ({"stage2": {"cycles": 0}}, "cycles must be >= 1"),
     ):
         with pytest.raises(ConfigError, match=message):
             parse_config(data)
+
+
+def test_stage2_lr_anneals_each_cycle_and_restarts():
+    opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    sched = stage2_schedule(opt, 10)
+    lrs = []
+    for _ in range(25):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == lrs[10] == lrs[20] == pytest.approx(1e-3)
+    assert lrs[9] < 0.03 * 1e-3 and lrs[19] < 0.03 * 1e-3  # annealed at each cycle's end
+    assert all(a > b for a, b in zip(lrs[:9], lrs[1:10], strict=True))
 
 
 def test_train_cli(tmp_path):
@@ -181,7 +220,7 @@ def test_a_student_on_the_teachers_prefix_trains_on_new_views_every_epoch(tmp_pa
     history = bundle.manifest["training"]["history"]
     stage1 = [h for h in history if h["phase"] == "stage1"]
     assert stage1[-1]["mse"] < stage1[0]["mse"]
-    assert [h["phase"] for h in history].count("stage2") == 1
+    assert [h["phase"] for h in history].count("stage2") == cfg.stage2.epochs
     assert all(h["seconds"] > 0 for h in history if h["phase"] != "teacher")
     assert all(0 <= w["accuracy"] <= 1 and w["bytes_mean"] > 0 for w in bundle.manifest["widths"])
     # the tail learns at its own rate (here: none to speak of), the decoder at [stage2] lr

@@ -6,7 +6,7 @@
     [teacher]  family, args, weights (empty: train it here), split layer, distilled layers
     [student]  encoder stages, bottleneck channels, width fractions, decoder size
     [stage1]   head distillation: epochs, lr, beta (rate weight), batch size
-    [stage2]   tail fine-tuning with KD: epochs, lr, whether the tail trains too
+    [stage2]   tail fine-tuning with KD: epochs, lr (cosine, in cycles), whether the tail trains too
     [eval]     how many test images the manifest's numbers are measured on
 
 Unknown keys are errors: a typo must not silently train the wrong model.
@@ -129,6 +129,9 @@ class Stage2Section:
     train_encoder: bool = False
     temperature: float = 1.0
     batch_size: int = 128
+    # the learning rate follows a cosine over epochs / cycles epochs, then restarts at lr
+    # (SGDR): each cycle ends annealed, so a later cycle continues from a finished model
+    cycles: int = 1
 
 
 @dataclass
@@ -194,5 +197,9 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError('[data] extra_images needs dataset = "labelled"')
     if d.extra_limit < 0:
         raise ConfigError(f"[data] extra_limit must be >= 0, got {d.extra_limit}")
+    if cfg.stage2.cycles < 1 or cfg.stage2.epochs % cfg.stage2.cycles:
+        raise ConfigError(
+            f"[stage2] cycles must be >= 1 and divide epochs ({cfg.stage2.epochs}), got {cfg.stage2.cycles}"
+        )
     if cfg.stage2.tail_lr < 0 or (cfg.stage2.tail_lr and not cfg.stage2.finetune_tail):
         raise ConfigError("[stage2] tail_lr must be >= 0, and only set with finetune_tail = true")

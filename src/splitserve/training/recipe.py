@@ -252,8 +252,7 @@ def train_student(run: Run, data: TrainData, pre: nn.Module, teacher_model: nn.M
         if s2.finetune_tail:
             groups.append({"params": list(ft_tail.parameters()), "lr": s2.tail_lr or s2.lr})
         opt = torch.optim.Adam(groups, lr=s2.lr)
-        steps = -(-epoch_frames // s2.batch_size) * s2.epochs
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
+        sched = stage2_schedule(opt, -(-epoch_frames // s2.batch_size) * (s2.epochs // s2.cycles))
         gen, rng = run.seed_streams("stage2")
         if run.state["phase"] == "stage2" and run.state["epoch"]:
             student.load_state_dict(run.state["student"])
@@ -287,6 +286,11 @@ def train_student(run: Run, data: TrainData, pre: nn.Module, teacher_model: nn.M
         ft_tail.load_state_dict(run.state["tail"])
         tables = student.entropy_tables()
     return student.eval(), tables, ft_tail.eval()
+
+
+def stage2_schedule(opt: torch.optim.Optimizer, cycle_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Cosine to zero over each cycle of ``cycle_steps`` optimizer steps, restarting at the full lr."""
+    return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=max(cycle_steps, 1))
 
 
 def _latent_shapes(student: EntropicStudent, spec: InputSpec, device: torch.device) -> list[list[int]]:
