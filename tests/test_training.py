@@ -133,6 +133,27 @@ def test_a_resume_between_stage2_cycles_trains_as_an_uninterrupted_run(smoke, tm
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_finished_run_trains_on_with_more_cycles_as_if_they_were_planned(smoke, tmp_path):
+    root, _, _ = smoke
+    longer = load_config(root / "smoke.toml")
+    longer.stage2.epochs, longer.stage2.cycles, longer.model.version = 3, 3, "2"
+    planned = train(longer, tmp_path / "m0", tmp_path / "w0", progress=False)
+    shutil.copytree(root / "work", tmp_path / "w1")  # the finished two-cycle run
+    went_on = train(longer, tmp_path / "m1", tmp_path / "w1", resume=True, progress=False)
+    assert went_on.version == "2"
+    assert [h["phase"] for h in went_on.manifest["training"]["history"]].count("stage2") == 3
+    a = torch.load(planned.path / "tail.pt", weights_only=True)
+    b = torch.load(went_on.path / "tail.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # cycles of another length, or any other change, are a different run
+    for change in ({"epochs": 4, "cycles": 2}, {"lr": 0.5}):
+        other = load_config(root / "smoke.toml")
+        for key, value in change.items():
+            setattr(other.stage2, key, value)
+        with pytest.raises(ConfigError, match="may only add"):
+            train(other, tmp_path / "m2", tmp_path / "w1", resume=True, progress=False)
+
+
 def test_resume_refuses_a_different_config(smoke):
     root, cfg, _ = smoke
     cfg2 = load_config(root / "smoke.toml")

@@ -295,7 +295,12 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--config", required=True, help="training config (see configs/)")
     t.add_argument("--out", default="models", help="model repository to write <name>/<version>/ into")
     t.add_argument("--work", help="checkpoint directory (default runs/<name>-<version>)")
-    t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work")
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the checkpoint in --work; with a config that only adds [stage2] cycles "
+        "(and a new [model] version), train a finished run on",
+    )
     t.add_argument("--device", help="cpu | cuda (default: the config's, auto)")
     t.add_argument("--data-root", help="the dataset's folder (overrides [data] root)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")

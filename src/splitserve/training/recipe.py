@@ -61,9 +61,31 @@ class Run:
                 raise FileNotFoundError(f"--resume: no checkpoint at {self.ckpt}")
             self.state = torch.load(self.ckpt, map_location="cpu", weights_only=False)
             if self.state.get("config") != cfg.to_dict():
-                raise ConfigError(f"--resume: {self.ckpt} was made with a different config; start a new --work dir")
+                self._train_on(cfg)
             log.info("resuming at %s epoch %d", self.state["phase"], self.state["epoch"])
         self.state["config"] = cfg.to_dict()
+
+    def _train_on(self, cfg: TrainConfig) -> None:
+        """Accept a config that only adds stage-2 cycles (and names a new version) to the checkpoint's.
+
+        Each cycle ends annealed and the next restarts at the full lr, so a finished run goes on
+        with the cycles added exactly as a run planned with them from the start would.
+        """
+        old, new = copy.deepcopy(self.state.get("config") or {}), cfg.to_dict()
+        old_s2, new_s2 = dict(old.get("stage2", {})), dict(new["stage2"])
+        cycle = old_s2.get("epochs", 0) // max(old_s2.get("cycles", 1), 1)
+        for d in (old, new):
+            d.get("model", {}).pop("version", None)
+            d.get("stage2", {}).pop("epochs", None)
+            d.get("stage2", {}).pop("cycles", None)
+        if old != new or new_s2["epochs"] // new_s2["cycles"] != cycle or new_s2["cycles"] < old_s2.get("cycles", 1):
+            raise ConfigError(
+                f"--resume: {self.ckpt} was made with a different config; start a new --work dir (a resume may only "
+                f"add [stage2] cycles of the same length, {cycle} epochs, and change [model] version)"
+            )
+        log.info("training on: stage 2 from %d to %d epochs", old_s2["epochs"], new_s2["epochs"])
+        if self.state["phase"] == "done":
+            self.state["phase"], self.state["epoch"] = "stage2", old_s2["epochs"]
 
     def save(self, **parts: Any) -> None:
         self.state.update(parts)
