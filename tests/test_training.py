@@ -24,7 +24,7 @@ sample = "fmnist-test"
 [data]
 dataset = "sample"
 root = "fmnist-test"
-train_limit = 768
+train_limit = 740
 test_limit = 200
 [teacher]
 split = "block2"
@@ -43,7 +43,7 @@ normalize = true
 target_bits = [100, 200]
 kd_weight = 1.0
 [stage2]
-epochs = 2
+epochs = 4
 cycles = 2
 batch_size = 64
 [eval]
@@ -111,22 +111,22 @@ def test_a_resume_at_a_phase_boundary_trains_as_a_fresh_run(smoke, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_resume_between_stage2_cycles_trains_as_an_uninterrupted_run(smoke, tmp_path, monkeypatch):
-    # the learning rate restarts with the second cycle: a resumed run must restart it too,
-    # at the same step, with the optimizer's and the random streams' state
+def test_a_resume_within_a_stage2_cycle_trains_as_an_uninterrupted_run(smoke, tmp_path, monkeypatch):
+    # stopped mid-cycle: a resumed run must go on along the same cosine and restart it at the
+    # same step, with the optimizer's and the random streams' state
     root, cfg, bundle = smoke
     save = Run.save
 
     def save_and_snapshot(self, **parts):
         save(self, **parts)
         if (parts.get("phase"), parts.get("epoch")) == ("stage2", 1):
-            shutil.copy(self.ckpt, tmp_path / "after-cycle-1.pt")
+            shutil.copy(self.ckpt, tmp_path / "mid-cycle-1.pt")
 
     monkeypatch.setattr(Run, "save", save_and_snapshot)
     train(cfg, tmp_path / "m0", tmp_path / "work0", progress=False)
     monkeypatch.undo()
     (tmp_path / "work1").mkdir()
-    shutil.copy(tmp_path / "after-cycle-1.pt", tmp_path / "work1" / "checkpoint.pt")
+    shutil.copy(tmp_path / "mid-cycle-1.pt", tmp_path / "work1" / "checkpoint.pt")
     resumed = train(cfg, tmp_path / "m1", tmp_path / "work1", resume=True, progress=False)
     a = torch.load(bundle.path / "tail.pt", weights_only=True)
     b = torch.load(resumed.path / "tail.pt", weights_only=True)
@@ -136,21 +136,28 @@ def test_a_resume_between_stage2_cycles_trains_as_an_uninterrupted_run(smoke, tm
 def test_a_finished_run_trains_on_with_more_cycles_as_if_they_were_planned(smoke, tmp_path):
     root, _, _ = smoke
     longer = load_config(root / "smoke.toml")
-    longer.stage2.epochs, longer.stage2.cycles, longer.model.version = 3, 3, "2"
+    longer.stage2.epochs, longer.stage2.cycles, longer.model.version = 6, 3, "2"
     planned = train(longer, tmp_path / "m0", tmp_path / "w0", progress=False)
     shutil.copytree(root / "work", tmp_path / "w1")  # the finished two-cycle run
     went_on = train(longer, tmp_path / "m1", tmp_path / "w1", resume=True, progress=False)
     assert went_on.version == "2"
-    assert [h["phase"] for h in went_on.manifest["training"]["history"]].count("stage2") == 3
+    assert [h["phase"] for h in went_on.manifest["training"]["history"]].count("stage2") == 6
     a = torch.load(planned.path / "tail.pt", weights_only=True)
     b = torch.load(went_on.path / "tail.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    # cycles of another length, or any other change, are a different run
-    for change in ({"epochs": 4, "cycles": 2}, {"lr": 0.5}):
+    # cycles of another length, fewer cycles, or any other change are a different run; more
+    # cycles under the old version would overwrite its bundle
+    for change, message in (
+        ({"epochs": 8, "cycles": 8}, "may only add"),
+        ({"epochs": 4, "cycles": 2, "version": "3"}, "may only add"),
+        ({"lr": 0.5, "epochs": 8, "cycles": 4}, r"\[stage2\] lr"),
+        ({"epochs": 8, "cycles": 4, "version": "2"}, "give \\[model\\] version a new value"),
+    ):
         other = load_config(root / "smoke.toml")
+        other.model.version = change.pop("version", "3")
         for key, value in change.items():
             setattr(other.stage2, key, value)
-        with pytest.raises(ConfigError, match="may only add"):
+        with pytest.raises(ConfigError, match=message):
             train(other, tmp_path / "m2", tmp_path / "w1", resume=True, progress=False)
 
 

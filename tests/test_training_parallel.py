@@ -7,7 +7,7 @@ from conftest import BIN
 from test_training import SMOKE
 
 from splitserve.models.bundle import Bundle
-from splitserve.training.parallel import Sharded, World
+from splitserve.training.parallel import Sharded, World, steps_per_epoch
 
 
 class _Numbers:
@@ -35,6 +35,10 @@ def test_shards_are_disjoint_complete_and_equal_in_count():
         counts.append(len(got))
         seen.append(torch.cat(got).tolist())
     assert counts == [3, 3, 3]  # 10 batches: the incomplete last group of one is dropped
+    # what a learning-rate schedule plans for is what each rank runs (len // size would say 4)
+    assert steps_per_epoch(Sharded(_Numbers(100), world), 10) == 3
+    assert steps_per_epoch(Sharded(_Numbers(95), world), 10) == 3
+    assert steps_per_epoch(_Numbers(95), 10) == 10
     flat = [x for s in seen for x in s]
     assert len(flat) == len(set(flat)) == 90
 

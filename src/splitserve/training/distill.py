@@ -26,7 +26,7 @@ from splitserve.codecs.entropic import EntropyTables
 from splitserve.models.bottleneck import EntropicStudent, rate_bits, symbol_likelihoods
 from splitserve.training.config import Stage1Section, Stage2Section
 from splitserve.training.data import TrainData
-from splitserve.training.parallel import World, sharded
+from splitserve.training.parallel import World, sharded, steps_per_epoch
 
 
 def sandwich(widths: int, extra: int, rng: random.Random) -> list[int]:
@@ -144,6 +144,9 @@ class FreshTargets:
 
     def __len__(self) -> int:
         return len(self.frames)
+
+    def steps(self, batch_size: int) -> int:
+        return steps_per_epoch(self.frames, batch_size)
 
     def batches(self, batch_size: int, gen: torch.Generator):  # type: ignore[no-untyped-def]
         yield from teacher_views(self.student, self.teacher, self.frames, batch_size, gen, self.device, self.share)

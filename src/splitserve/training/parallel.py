@@ -81,6 +81,18 @@ class World:
         dist.all_reduce(t)
         return float(t.item()) / self.size
 
+    def broadcast(self, module: nn.Module) -> None:
+        """Give every rank rank 0's parameters and buffers, as DDP does when it wraps a model.
+
+        Seeding alone does not make new weights equal: what the ranks drew from the global
+        generator before (dropout masks, in batches of unequal size) differs between them.
+        """
+        if not self.active:
+            return
+        with torch.no_grad():
+            for t in [*module.parameters(), *module.buffers()]:
+                dist.broadcast(t.data, src=0)
+
     def average_buffers(self, module: nn.Module) -> None:
         """Average floating-point buffers (BatchNorm running statistics) over ranks."""
         if not self.active:
@@ -129,6 +141,9 @@ class Sharded:
     def __len__(self) -> int:
         return len(self.source) // self.world.size
 
+    def steps(self, batch_size: int) -> int:
+        return -(-len(self.source) // batch_size) // self.world.size
+
     def batches(self, batch_size: int, generator: torch.Generator) -> Iterator:
         group = []
         for batch in self.source.batches(batch_size, generator):
@@ -140,3 +155,12 @@ class Sharded:
 
 def sharded(source, world: World):  # type: ignore[no-untyped-def]
     return Sharded(source, world) if world.active else source
+
+
+def steps_per_epoch(source, batch_size: int) -> int:  # type: ignore[no-untyped-def]
+    """How many batches an epoch of ``source`` yields: what a learning-rate schedule must plan for.
+
+    A rank's share is not ceil(share / batch): ranks drop an incomplete last group of batches.
+    """
+    steps = getattr(source, "steps", None)
+    return steps(batch_size) if steps is not None else -(-len(source) // batch_size)

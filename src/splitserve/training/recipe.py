@@ -37,7 +37,7 @@ from splitserve.training import teacher as teacher_training
 from splitserve.training.config import ConfigError, TrainConfig
 from splitserve.training.data import TrainData, build_data
 from splitserve.training.evaluate import evaluate_bundle
-from splitserve.training.parallel import World, sharded
+from splitserve.training.parallel import World, sharded, steps_per_epoch
 
 log = logging.getLogger("splitserve.train")
 PHASES = ("teacher", "stage1", "stage2", "done")
@@ -69,23 +69,38 @@ class Run:
         """Accept a config that only adds stage-2 cycles (and names a new version) to the checkpoint's.
 
         Each cycle ends annealed and the next restarts at the full lr, so a finished run goes on
-        with the cycles added exactly as a run planned with them from the start would.
+        with the cycles added as a run planned with them from the start would. Where the data
+        lives (``data.root``) and the device may differ too: they do not change what is trained.
         """
         old, new = copy.deepcopy(self.state.get("config") or {}), cfg.to_dict()
         old_s2, new_s2 = dict(old.get("stage2", {})), dict(new["stage2"])
+        old_version = old.get("model", {}).get("version")
         cycle = old_s2.get("epochs", 0) // max(old_s2.get("cycles", 1), 1)
         for d in (old, new):
+            d.pop("device", None)
+            d.get("data", {}).pop("root", None)
             d.get("model", {}).pop("version", None)
             d.get("stage2", {}).pop("epochs", None)
             d.get("stage2", {}).pop("cycles", None)
-        if old != new or new_s2["epochs"] // new_s2["cycles"] != cycle or new_s2["cycles"] < old_s2.get("cycles", 1):
+        differ = _differences(old, new)
+        if differ or new_s2["epochs"] // new_s2["cycles"] != cycle or new_s2["cycles"] < old_s2.get("cycles", 1):
             raise ConfigError(
-                f"--resume: {self.ckpt} was made with a different config; start a new --work dir (a resume may only "
-                f"add [stage2] cycles of the same length, {cycle} epochs, and change [model] version)"
+                f"--resume: {self.ckpt} was made with a different config ({', '.join(differ) or '[stage2] cycles'}); "
+                f"start a new --work dir. A resume may only add [stage2] cycles of the same length ({cycle} epochs), "
+                "with a new [model] version"
+            )
+        if new_s2["epochs"] == old_s2["epochs"]:
+            return
+        if cfg.model.version == old_version:
+            raise ConfigError(
+                f"--resume: training on writes a new bundle; give [model] version a new value (the checkpoint's "
+                f"run wrote version {old_version!r})"
             )
         log.info("training on: stage 2 from %d to %d epochs", old_s2["epochs"], new_s2["epochs"])
         if self.state["phase"] == "done":
+            # a cycle boundary: the next cycle starts afresh, planned for this run's steps per epoch
             self.state["phase"], self.state["epoch"] = "stage2", old_s2["epochs"]
+            self.state.pop("sched", None)
 
     def save(self, **parts: Any) -> None:
         self.state.update(parts)
@@ -108,6 +123,18 @@ class Run:
 
     def streams_state(self, gen: torch.Generator, rng: random.Random) -> dict[str, Any]:
         return {"gen": gen.get_state(), "rng": rng.getstate(), "torch_rng": torch.get_rng_state()}
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The config keys ("[section] key", or a top-level key) whose values differ."""
+    keys = []
+    for section in sorted(set(old) | set(new)):
+        a, b = old.get(section), new.get(section)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += [f"[{section}] {k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b:
+            keys.append(section)
+    return keys
 
 
 def _input_spec(cfg: TrainConfig) -> InputSpec:
@@ -135,14 +162,15 @@ def _phase_done(run: Run, phase: str) -> bool:
 def train_teacher(run: Run, data: TrainData, pre: nn.Module) -> nn.Module:
     cfg = run.cfg
     model = build_teacher(cfg.teacher.family, cfg.teacher.args).to(run.device)
+    run.world.broadcast(model)
     if cfg.teacher.weights:
         model.load_state_dict(load_state_dict(resolve_weights(cfg.teacher.weights)))
         return model.eval()
     if _phase_done(run, "teacher"):
         model.load_state_dict(run.state["teacher"])
         return model.eval()
-    steps_per_epoch = -(-len(sharded(data.train, run.world)) // cfg.teacher.batch_size)
-    opt, sched = teacher_training.make_optimizer(model, cfg.teacher, steps_per_epoch * cfg.teacher.epochs)
+    steps = steps_per_epoch(sharded(data.train, run.world), cfg.teacher.batch_size) * cfg.teacher.epochs
+    opt, sched = teacher_training.make_optimizer(model, cfg.teacher, steps)
     gen, _ = run.seed_streams("teacher")
     rng = random.Random(0)
     if run.state["phase"] == "teacher" and run.state["epoch"]:
@@ -190,6 +218,7 @@ def train_student(run: Run, data: TrainData, pre: nn.Module, teacher_model: nn.M
         prefix_channels = feature_shape(copy.deepcopy(prefix).cpu(), tuple(cfg.data.input_shape))[0]
     student_cfg = _student_config(cfg, feats, prefix_channels if prefix is not None else None)
     student = EntropicStudent(student_cfg, prefix).to(run.device)
+    run.world.broadcast(student)
     with torch.no_grad():
         probe = pre(torch.from_numpy(data.test_images[:2]).to(run.device))
         got = student.decoder(student.encoder(probe, student.cfg.widths - 1), student.cfg.widths - 1).shape[1:]
@@ -212,12 +241,12 @@ def train_student(run: Run, data: TrainData, pre: nn.Module, teacher_model: nn.M
             )  # fmt: skip
         else:
             views = distill.FreshTargets(student, teacher, frames, run.device, share=share)
-    epoch_frames = len(views if views is not None else sharded(data.train, run.world))
+    source = views if views is not None else sharded(data.train, run.world)
 
     # Stage 1
     if not _phase_done(run, "stage1"):
         s1 = cfg.stage1
-        steps = -(-epoch_frames // s1.batch_size) * s1.epochs
+        steps = steps_per_epoch(source, s1.batch_size) * s1.epochs
         opt, aux_opt, sched = distill.stage1_optimizers(student, s1, steps)
         gen, rng = run.seed_streams("stage1")
         betas = distill.initial_betas(s1, student.cfg.widths)
@@ -274,13 +303,17 @@ def train_student(run: Run, data: TrainData, pre: nn.Module, teacher_model: nn.M
         if s2.finetune_tail:
             groups.append({"params": list(ft_tail.parameters()), "lr": s2.tail_lr or s2.lr})
         opt = torch.optim.Adam(groups, lr=s2.lr)
-        sched = stage2_schedule(opt, -(-epoch_frames // s2.batch_size) * (s2.epochs // s2.cycles))
+        sched = stage2_schedule(opt, steps_per_epoch(source, s2.batch_size) * (s2.epochs // s2.cycles))
         gen, rng = run.seed_streams("stage2")
         if run.state["phase"] == "stage2" and run.state["epoch"]:
             student.load_state_dict(run.state["student"])
             ft_tail.load_state_dict(run.state["tail"])
             opt.load_state_dict(run.state["opt"])
-            sched.load_state_dict(run.state["sched"])
+            if "sched" in run.state:
+                sched.load_state_dict(run.state["sched"])
+            else:  # trained on from a finished run: a new cycle starts at the full lr
+                for group in opt.param_groups:
+                    group["lr"] = group["initial_lr"]
             tables = student.entropy_tables()
         for epoch in range(run.state["epoch"], s2.epochs):
             started = time.monotonic()
@@ -345,6 +378,7 @@ def _train(cfg: TrainConfig, out_root: Path, work: Path, resume: bool, progress:
     spec = _input_spec(cfg)
     pre = Preprocess(spec).to(run.device)
     teacher_model = train_teacher(run, data, pre)
+    world.check_in_sync(teacher_model, "teacher")
     head, _ = split_model(teacher_model, cfg.teacher.split)
     feats = feature_shape(head.cpu(), spec.shape)
     teacher_model.to(run.device)
