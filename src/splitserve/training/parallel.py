@@ -142,7 +142,7 @@ class Sharded:
         return len(self.source) // self.world.size
 
     def steps(self, batch_size: int) -> int:
-        return -(-len(self.source) // batch_size) // self.world.size
+        return steps_per_epoch(self.source, batch_size) // self.world.size
 
     def batches(self, batch_size: int, generator: torch.Generator) -> Iterator:
         group = []

@@ -162,13 +162,13 @@ def _phase_done(run: Run, phase: str) -> bool:
 def train_teacher(run: Run, data: TrainData, pre: nn.Module) -> nn.Module:
     cfg = run.cfg
     model = build_teacher(cfg.teacher.family, cfg.teacher.args).to(run.device)
-    run.world.broadcast(model)
     if cfg.teacher.weights:
         model.load_state_dict(load_state_dict(resolve_weights(cfg.teacher.weights)))
         return model.eval()
     if _phase_done(run, "teacher"):
         model.load_state_dict(run.state["teacher"])
         return model.eval()
+    run.world.broadcast(model)  # trained here: every rank starts from the same weights
     steps = steps_per_epoch(sharded(data.train, run.world), cfg.teacher.batch_size) * cfg.teacher.epochs
     opt, sched = teacher_training.make_optimizer(model, cfg.teacher, steps)
     gen, _ = run.seed_streams("teacher")
