@@ -15,7 +15,7 @@ import pytest
 from conftest import free_port
 from helpers import Stream, good_frame, metric_samples
 
-from splitserve.edge_server.workers import default_workers
+from splitserve.edge_server.workers import START_METHOD_ENV, default_workers, start_method
 from splitserve.proto import edge_inference_pb2 as pb
 
 pytestmark = pytest.mark.e2e
@@ -61,11 +61,11 @@ def listening(pid: int, port: int) -> bool:
 
 
 def wait_workers(server, n: int, timeout: float = 120) -> list[int]:
-    """The worker pids once all ``n`` are serving."""
+    """The worker pids once all ``n`` are serving (spawn's resource tracker is a child too, listening nowhere)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        pids = children(server.proc.pid)
-        if len(pids) == n and all(listening(pid, server.port) for pid in pids):
+        pids = [pid for pid in children(server.proc.pid) if listening(pid, server.port)]
+        if len(pids) == n:
             return pids
         time.sleep(0.1)
     raise TimeoutError(f"expected {n} listening worker processes, found {children(server.proc.pid)}")
@@ -84,9 +84,29 @@ def test_default_workers_follow_the_core_count():
     assert default_workers(16) == 4 and default_workers(256) == 8
 
 
-def test_two_workers_answer_every_frame_once_and_share_one_metrics_port(start_server, fmnist):
+def test_workers_are_forked_on_a_cpu_and_spawned_where_cuda_may_be_used(monkeypatch):
+    import torch
+
+    monkeypatch.delenv(START_METHOD_ENV, raising=False)
+    assert start_method("cpu") == "fork"
+    assert start_method("cuda") == start_method("cuda:1") == "spawn"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert start_method("auto") == "fork"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert start_method("auto") == "spawn"
+    monkeypatch.setenv(START_METHOD_ENV, "forkserver")
+    assert start_method("cuda") == "forkserver"
+    monkeypatch.setenv(START_METHOD_ENV, "vfork")
+    with pytest.raises(ValueError, match="SPLITSERVE_WORKER_START='vfork': not a start method here"):
+        start_method("cpu")
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_two_workers_answer_every_frame_once_and_share_one_metrics_port(start_server, fmnist, method):
     mport = free_port()
-    server = start_server("--workers", "2", "--metrics-port", str(mport), "--metrics-host", "127.0.0.1")
+    server = start_server(
+        "--workers", "2", "--metrics-port", str(mport), "--metrics-host", "127.0.0.1", env={START_METHOD_ENV: method}
+    )
     pids = wait_workers(server, 2)
     ticks = {pid: cpu_ticks(pid) for pid in pids}
     streams = [Stream(server.address, own_connection(server.address)) for _ in range(STREAMS)]
@@ -111,6 +131,7 @@ def test_two_workers_answer_every_frame_once_and_share_one_metrics_port(start_se
     assert samples[ok] == STREAMS * per_stream
     assert samples["splitserve_inflight_frames"] == 0
     assert any(k.startswith("splitserve_model_loads_total") and v == 2 for k, v in samples.items())
+    assert f"starting 2 workers ({method})" in server.stop()
 
 
 def test_sigterm_drains_every_worker(start_server, fmnist):
@@ -176,6 +197,19 @@ def test_a_worker_that_cannot_start_stops_the_server(tmp_path):
     )  # fmt: skip
     assert proc.returncode != 0
     assert "no such directory" in proc.stderr
+
+
+def test_a_bad_start_method_is_a_clear_error():
+    import subprocess
+
+    from conftest import BIN
+
+    proc = subprocess.run(
+        [str(BIN / "edge-server"), "--host", "127.0.0.1", "--port", "0", "--workers", "2"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, START_METHOD_ENV: "thread"},
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "edge-server: SPLITSERVE_WORKER_START='thread': not a start method here" in proc.stderr
 
 
 def test_start_up_log_says_where_the_seconds_went(start_server):

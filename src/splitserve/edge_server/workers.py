@@ -17,6 +17,12 @@ each worker writes its samples to files in a private directory and the superviso
 /metrics sums them, so one scrape target sees the whole server under the usual names.
 A worker that dies after it was serving is replaced; one that fails to start stops
 the server, with the worker's own error on stderr.
+
+Workers are forked on a CPU (they inherit the supervisor's imports: torch, gRPC and
+compressai take seconds each) and spawned where they may use CUDA: a forked child
+cannot use a CUDA driver its parent initialised, and importing the CUDA stack may do
+that (on an H100 box every forked worker failed its first CUDA call with
+"initialization error"). ``SPLITSERVE_WORKER_START`` overrides the choice.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from splitserve.edge_server.config import ServerConfig
 
 log = logging.getLogger("splitserve.server")
 _MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+START_METHOD_ENV = "SPLITSERVE_WORKER_START"
 
 
 def default_workers(cpus: int | None = None) -> int:
@@ -48,6 +55,26 @@ def default_workers(cpus: int | None = None) -> int:
     """
     cpus = cpus or os.cpu_count() or 1
     return max(1, min(8, cpus // 4))
+
+
+def start_method(device: str) -> str:
+    """How the workers are started for ``--device``: fork on a CPU, spawn where CUDA may be used."""
+    methods = mp.get_all_start_methods()
+    chosen = os.environ.get(START_METHOD_ENV, "")
+    if chosen:
+        if chosen not in methods:
+            raise ValueError(f"{START_METHOD_ENV}={chosen!r}: not a start method here ({', '.join(methods)})")
+        return chosen
+    if "fork" not in methods:
+        return "spawn"
+    if device == "cpu":
+        return "fork"
+    if device == "auto":
+        import torch
+
+        # device_count asks NVML, which leaves the CUDA driver uninitialised (is_available may not)
+        return "spawn" if torch.cuda.device_count() else "fork"
+    return "spawn"
 
 
 def _reserve(host: str, port: int) -> tuple[socket.socket, int]:
@@ -97,10 +124,9 @@ class Supervisor:
         self.cfg = cfg
         self.overrides = overrides
         self.n = workers
-        # fork where there is one: the workers inherit the supervisor's imports (torch, gRPC, compressai:
-        # seconds each) instead of repeating them. Safe because the supervisor has created no gRPC
-        # object and run no torch op (so no thread pools) before it forks.
-        self._ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        # A fork is safe on a CPU because the supervisor has created no gRPC object and run no torch op
+        # (so no thread pools) before it forks.
+        self._ctx = mp.get_context(start_method(cfg.device))
         self._procs: list[mp.process.BaseProcess | None] = [None] * workers
         self._stopping = False
         self._metrics_dir = ""
@@ -141,6 +167,7 @@ class Supervisor:
 
     def run(self) -> int:
         cfg = self.cfg
+        log.info("starting %d workers (%s)", self.n, self._ctx.get_start_method())
         try:
             holder, port = _reserve(cfg.host, cfg.port)
         except OSError as exc:
@@ -150,7 +177,7 @@ class Supervisor:
             self._metrics_dir = tempfile.mkdtemp(prefix="splitserve-metrics-")
             # prometheus_client picks its value store when it is first imported: set before the import below
             os.environ[_MULTIPROC_ENV] = self._metrics_dir
-        from splitserve.edge_server.server import process_age_s  # imported once here, inherited by the workers
+        from splitserve.edge_server.server import process_age_s  # imported once here, inherited by forked workers
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
