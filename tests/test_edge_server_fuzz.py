@@ -54,6 +54,9 @@ def mutate(rng, payload: bytes, shape: list[int]) -> tuple[bytes, list[int]]:
     return bytes(data), shape
 
 
+ROUNDS = 3
+
+
 def test_mutated_real_payloads_for_every_model_codec_and_width(start_server):
     bundles = [load(name) for name in sorted(bundle_dirs(BUNDLED))]
     server = start_server("--max-delay-ms", "1")
@@ -70,7 +73,10 @@ def test_mutated_real_payloads_for_every_model_codec_and_width(start_server):
     results = {}
     rss = []
     try:
-        for round_ in range(2):  # the same mutations twice: the second round must not grow the server
+        # the same mutations three times: once warm, a round must not grow the server. How frames fall
+        # into batches varies with timing, and with it the buffers the allocator holds, so the second
+        # round can still differ from the first by ~100 MiB either way; the third is compared with it.
+        for round_ in range(ROUNDS):
             for start in range(0, len(frames), 32):  # within the stream's window
                 batch = frames[start : start + 32]
                 for f in batch:
@@ -84,13 +90,12 @@ def test_mutated_real_payloads_for_every_model_codec_and_width(start_server):
         assert stream.send(frames[-1]).frame_id == frames[-1].frame_id  # the stream goes on
     finally:
         stream.close()
-    assert sorted(results) == [(k, i) for k in range(2) for i in range(len(frames))]
+    assert sorted(results) == [(k, i) for k in range(ROUNDS) for i in range(len(frames))]
     bad = {S.Name(r.status): r.error for r in results.values() if r.status not in FRAME_STATUSES}
     assert not bad, bad
     # the decoders and tails were reached, not only the first checks
     assert sum(r.status == S.OK for r in results.values()) > len(results) // 10
     assert server.proc.poll() is None
-    # memory: the first round warms every path up; the second adds less than 100 MiB
-    assert rss[1] - rss[0] < 100, rss
+    assert rss[-1] - rss[-2] < 100, rss
     log = server.stop()
     assert "Traceback" not in log, log[-3000:]

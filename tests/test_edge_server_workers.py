@@ -135,14 +135,27 @@ def test_two_workers_answer_every_frame_once_and_share_one_metrics_port(start_se
 
 
 def test_sigterm_drains_every_worker(start_server, fmnist):
-    server = start_server("--workers", "2", "--max-delay-ms", "400", "--max-batch", "256", "--drain-timeout", "20")
+    mport = free_port()
+    server = start_server(
+        "--workers", "2", "--max-delay-ms", "2000", "--max-batch", "256", "--drain-timeout", "20",
+        "--metrics-port", str(mport), "--metrics-host", "127.0.0.1",
+    )  # fmt: skip
     pids = wait_workers(server, 2)
     streams = [Stream(server.address, own_connection(server.address)) for _ in range(STREAMS)]
     per_stream = 3
     for s, stream in enumerate(streams):
         for i in range(per_stream):
             stream.put(good_frame(fmnist, s * per_stream + i))
-    time.sleep(0.15)  # frames are read and waiting for their batches
+    # SIGTERM once every frame is accepted (a frame that arrives during the drain is answered
+    # UNAVAILABLE, as it should be); they wait up to 2 s for their batches, so most are in flight
+    accepted = 0
+    deadline = time.time() + 60
+    while accepted < STREAMS * per_stream and time.time() < deadline:
+        samples = metric_samples(mport)
+        done = sum(v for k, v in samples.items() if k.startswith("splitserve_frames_completed_total{"))
+        accepted = samples.get("splitserve_inflight_frames", 0) + done
+        time.sleep(0.02)
+    assert accepted == STREAMS * per_stream, accepted
     server.proc.send_signal(signal.SIGTERM)
     results = [stream.receive() for stream in streams for _ in range(per_stream)]
     assert sorted(r.frame_id for r in results) == list(range(STREAMS * per_stream))
