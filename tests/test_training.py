@@ -11,6 +11,7 @@ import torch
 from conftest import BIN, ROOT
 
 from splitserve.data.samples import load_sample
+from splitserve.models.backbones import split_model
 from splitserve.models.bundle import Bundle
 from splitserve.models.zoo import BUNDLED, bundle_dirs
 from splitserve.training.config import ConfigError, load_config, parse_config
@@ -251,6 +252,12 @@ def test_a_student_on_the_teachers_prefix_trains_on_new_views_every_epoch(tmp_pa
     assert [h["phase"] for h in history].count("stage2") == cfg.stage2.epochs
     assert all(h["seconds"] > 0 for h in history if h["phase"] != "teacher")
     assert all(0 <= w["accuracy"] <= 1 and w["bytes_mean"] > 0 for w in bundle.manifest["widths"])
+    # head.pt leaves the frozen prefix to the teacher's weights, and the encoder runs the teacher's layers
+    head = torch.load(bundle.path / "head.pt", weights_only=True)
+    assert head and not any(k.startswith("prefix.") for k in head)
+    own = split_model(bundle.teacher(), "block1")[0].state_dict()
+    prefix = bundle.encoder().prefix.state_dict()
+    assert prefix.keys() == own.keys() and all(torch.equal(prefix[k], own[k]) for k in own)
     # the tail learns at its own rate (here: none to speak of), the decoder at [stage2] lr
     tail = torch.load(bundle.path / "tail.pt", weights_only=True)
     teacher_tail = bundle.teacher_split()[1].state_dict()

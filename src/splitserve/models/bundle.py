@@ -108,12 +108,16 @@ class Bundle(CodingBundle):
 
     def encoder(self) -> SlimmableEncoder:
         def build() -> SlimmableEncoder:
+            state = self._state(HEAD_FILE)
             prefix = None
-            if self.student.prefix:  # the teacher's first layers: architecture here, weights in head.pt
+            if self.student.prefix:  # the teacher's first layers, frozen in training
                 model = build_teacher(self.teacher_spec["family"], self.teacher_spec.get("args"))
                 prefix = split_model(model, self.student.prefix)[0]
+                if not any(k.startswith("prefix.") for k in state):  # head.pt leaves them to the teacher's weights
+                    own = split_model(self.teacher(), self.student.prefix)[0]
+                    state.update({f"prefix.{k}": v for k, v in own.state_dict().items()})
             enc = SlimmableEncoder(self.student, prefix)
-            enc.load_state_dict(self._state(HEAD_FILE))
+            enc.load_state_dict(state)
             return freeze_gdn(enc).eval()
 
         return self._cached("encoder", build)

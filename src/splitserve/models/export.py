@@ -10,6 +10,10 @@ SDK (its integer tables are written beside the graph as JSON). Files:
 ``export_into_bundle`` writes the ONNX heads of every width into the bundle itself
 (and the whole teacher, when the bundle carries its weights), listed with their
 sha256 in the manifest, for the SDK's onnx runtime (``device-client --runtime onnx``).
+Where the head starts with the teacher's first layers (``[student] prefix``), those
+go in once, as ``prefix.onnx`` (frame -> the prefix's features), and each width's
+graph starts from its output: every width runs the same frozen layers, and four
+copies of them made most of the bundle.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from splitserve.models.bundle import Bundle
 from splitserve.models.manifest import (
     MANIFEST,
     ONNX_FILE,
+    ONNX_PREFIX_FILE,
     ONNX_TEACHER_FILE,
     TEACHER_FILE,
     Manifest,
@@ -46,6 +51,30 @@ class _FrameToFeatures(nn.Module):
         return self.encoder(self.pre(frame))
 
 
+class _FrameToPrefix(nn.Module):
+    """The teacher's first layers, shared by every width: uint8 frame -> the prefix's features."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        super().__init__()
+        self.pre = bundle.preprocess()
+        self.prefix = bundle.encoder().prefix
+
+    def forward(self, frame: torch.Tensor) -> torch.Tensor:
+        return self.prefix(self.pre(frame))
+
+
+class _PrefixToFeatures(nn.Module):
+    """One width's slimmable layers, from the prefix's features."""
+
+    def __init__(self, bundle: Bundle, width: int) -> None:
+        super().__init__()
+        self.encoder = bundle.encoder()
+        self.width = width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x, self.width, prefixed=True)
+
+
 def head_module(bundle: Bundle, width: int) -> nn.Module:
     bundle.check_width(width)
     return _FrameToFeatures(bundle, width).eval()
@@ -54,13 +83,16 @@ def head_module(bundle: Bundle, width: int) -> nn.Module:
 OPSET = 17
 
 
-def _onnx(module: nn.Module, bundle: Bundle, graph: Path, output: str) -> None:
-    """Trace ``module`` (uint8 (1, H, W, C) frame -> ``output``) into an ONNX graph."""
-    example = torch.zeros(1, *bundle.input.image_shape, dtype=torch.uint8)
+def _frame(bundle: Bundle) -> torch.Tensor:
+    return torch.zeros(1, *bundle.input.image_shape, dtype=torch.uint8)
+
+
+def _onnx(module: nn.Module, graph: Path, example: torch.Tensor, names: tuple[str, str]) -> None:
+    """Trace ``module`` (input ``example``) into an ONNX graph with these (input, output) names."""
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about shape checks that are constant here
         torch.onnx.export(
-            module, (example,), str(graph), dynamo=False, input_names=["frame"], output_names=[output],
+            module, (example,), str(graph), dynamo=False, input_names=[names[0]], output_names=[names[1]],
             opset_version=OPSET,
         )  # fmt: skip
 
@@ -70,13 +102,13 @@ def export_head(bundle: Bundle, width: int, fmt: str, out_dir: Path) -> list[Pat
         raise ValueError(f"unknown export format {fmt!r}; use {' or '.join(FORMATS)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     module = head_module(bundle, width)
-    example = torch.zeros(1, *bundle.input.image_shape, dtype=torch.uint8)
+    example = _frame(bundle)
     stem = out_dir / f"head-w{width}"
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about shape checks that are constant here
         if fmt == "onnx":
             graph = stem.with_suffix(".onnx")
-            _onnx(module, bundle, graph, "features")
+            _onnx(module, graph, example, ("frame", "features"))
         else:
             graph = stem.with_suffix(".pt")
             torch.jit.save(torch.jit.trace(module, (example,)), str(graph))
@@ -109,18 +141,30 @@ def export_into_bundle(bundle: Bundle) -> Bundle:
     manifest = dict(Manifest.read(path))
     files = {k: v for k, v in manifest["files"].items() if not ONNX_FILE.fullmatch(k)}  # replaced, not merged
     names = []
-    for width in range(bundle.student.widths):
-        names.append(onnx_head_file(width))
-        _onnx(head_module(bundle, width), bundle, path / names[-1], "features")
+    heads = [onnx_head_file(width) for width in range(bundle.student.widths)]
+    if bundle.student.prefix:
+        prefix = _FrameToPrefix(bundle).eval()
+        _onnx(prefix, path / ONNX_PREFIX_FILE, _frame(bundle), ("frame", "prefix"))
+        names.append(ONNX_PREFIX_FILE)
+        with torch.no_grad():
+            example = prefix(_frame(bundle))
+        for width, name in enumerate(heads):
+            _onnx(_PrefixToFeatures(bundle, width).eval(), path / name, example, ("prefix", "features"))
+    else:
+        for width, name in enumerate(heads):
+            _onnx(head_module(bundle, width), path / name, _frame(bundle), ("frame", "features"))
+    names += heads
     if bundle.has_file(TEACHER_FILE):
         names.append(ONNX_TEACHER_FILE)
-        _onnx(bundle.whole_model(), bundle, path / ONNX_TEACHER_FILE, "logits")
+        _onnx(bundle.whole_model(), path / ONNX_TEACHER_FILE, _frame(bundle), ("frame", "logits"))
     for stale in path.glob("*.onnx"):
         if stale.name not in names:
             stale.unlink()
     for name in names:
         files[name] = {"sha256": file_sha256(path / name), "size": (path / name).stat().st_size}
     manifest["files"] = files
-    manifest["onnx"] = {"opset": OPSET, "heads": names[: bundle.student.widths], "teacher": ONNX_TEACHER_FILE in names}
+    manifest["onnx"] = {"opset": OPSET, "heads": heads, "teacher": ONNX_TEACHER_FILE in names}
+    if ONNX_PREFIX_FILE in names:
+        manifest["onnx"]["prefix"] = ONNX_PREFIX_FILE
     (path / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return Bundle.load(path)

@@ -29,8 +29,10 @@ TEACHER_FILE = "teacher.pt"
 # ONNX files below when the bundle lists them).
 DEVICE_FILES = (MANIFEST, HEAD_FILE, ENTROPY_FILE, TEACHER_FILE)
 ONNX_TEACHER_FILE = "teacher.onnx"
-# The exported heads (one graph per width) and the whole teacher, for devices without torch.
-ONNX_FILE = re.compile(r"head-w\d{1,3}\.onnx|teacher\.onnx")
+ONNX_PREFIX_FILE = "prefix.onnx"
+# The exported heads (one graph per width, after the shared prefix graph where the head starts
+# with the teacher's first layers) and the whole teacher, for devices without torch.
+ONNX_FILE = re.compile(r"head-w\d{1,3}\.onnx|prefix\.onnx|teacher\.onnx")
 _REQUIRED_KEYS = ("format", "name", "version", "input", "labels", "teacher", "student", "widths", "files")
 
 
@@ -158,7 +160,8 @@ class Manifest(Mapping[str, Any]):
         return listed + sorted(f for f in self._data["files"] if ONNX_FILE.fullmatch(f))
 
     def onnx_head(self, width: int) -> Path:
-        """The exported head of one width (uint8 (1, H, W, C) frame -> features (1, C, h, w))."""
+        """The exported head of one width: features (1, C, h, w) from the uint8 (1, H, W, C) frame, or
+        from the output of ``onnx_prefix()`` where the bundle has one."""
         self.check_width(width)
         name = onnx_head_file(width)
         if not self.has_file(name):
@@ -167,6 +170,12 @@ class Manifest(Mapping[str, Any]):
                 f"`splitserve export --model {self.name} --format onnx --into-bundle`, or use the torch runtime"
             )
         return self.path / name
+
+    def onnx_prefix(self) -> Path | None:
+        """The exported teacher's first layers (uint8 frame -> the prefix's features) that every width's
+        head starts from, when the heads were exported that way (bundles exported before carry the
+        prefix in each head)."""
+        return self.path / ONNX_PREFIX_FILE if self.has_file(ONNX_PREFIX_FILE) else None
 
     def onnx_teacher(self) -> Path | None:
         """The exported whole teacher (uint8 frame -> logits) for local inference, when the bundle has it."""

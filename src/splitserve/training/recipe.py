@@ -389,7 +389,10 @@ def _train(cfg: TrainConfig, out_root: Path, work: Path, resume: bool, progress:
 
     # The bundle
     dest = out_root / cfg.model.name / cfg.model.version
-    states: dict[str, dict[str, torch.Tensor]] = {"head.pt": student.encoder.state_dict()}
+    # the prefix is the teacher's own frozen layers: the bundle has the teacher's weights already
+    # (teacher.pt, or the package whose sha256 the manifest records), so head.pt leaves them out
+    head_state = {k: v for k, v in student.encoder.state_dict().items() if not k.startswith("prefix.")}
+    states: dict[str, dict[str, torch.Tensor]] = {"head.pt": head_state}
     tail_state = {f"decoder.{k}": v for k, v in student.decoder.state_dict().items()}
     if cfg.stage2.finetune_tail:
         tail_state.update({f"tail.{k}": v for k, v in tail.state_dict().items()})

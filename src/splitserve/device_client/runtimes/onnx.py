@@ -1,8 +1,10 @@
 """The onnx head runtime: the heads exported into the bundle, run by onnxruntime (no torch on the device).
 
 Each width is its own graph (uint8 (1, H, W, C) frame -> features (1, C, h, w)), opened on
-first use. The whole teacher is exported too when the bundle carries its weights, for local
-inference; otherwise local inference needs the torch runtime, and ``logits`` says so.
+first use; where the head starts with the teacher's first layers, those are one graph of their
+own that every width's graph continues from. The whole teacher is exported too when the bundle
+carries its weights, for local inference; otherwise local inference needs the torch runtime,
+and ``logits`` says so.
 
 Execution providers: the ones a phone or a Pi build of onnxruntime offers (NNAPI on Android,
 CoreML on Apple, XNNPACK, the Arm Compute Library), when this build has them, then the CPU.
@@ -66,8 +68,12 @@ class OnnxRuntime(HeadRuntime):
                 f"the onnx runtime runs the entropic head only; the {codec} codec needs the teacher's first "
                 "layers: use the torch runtime"
             )
-        session = self._session(str(self.bundle.manifest.onnx_head(width)))
-        return session.run(None, {"frame": np.ascontiguousarray(frame[None])})[0][0]
+        head = self._session(str(self.bundle.manifest.onnx_head(width)))
+        x = np.ascontiguousarray(frame[None])
+        prefix = self.bundle.manifest.onnx_prefix()
+        if prefix is not None:
+            x = self._session(str(prefix)).run(None, {"frame": x})[0]
+        return head.run(None, {head.get_inputs()[0].name: x})[0][0]
 
     def logits(self, frame: np.ndarray) -> np.ndarray:
         teacher = self.bundle.manifest.onnx_teacher()
