@@ -120,8 +120,10 @@ def test_runtimes_code_the_same_symbols_fmnist(fmnist):
         r = _symbols_and_predictions(fmnist, images, width)
         differ = (r["torch"][0] != r["onnx"][0]).mean()
         assert differ <= 1e-4, f"width {width}: {differ:.2e} of the symbols differ"
+        # a symbol within float rounding of a quantization boundary may round the other way (how often
+        # depends on the CPU's kernels), and now and then that changes one frame's prediction
         accuracy = {k: float((v[1] == labels).mean()) for k, v in r.items()}
-        assert accuracy["onnx"] == accuracy["torch"], accuracy
+        assert abs(accuracy["onnx"] - accuracy["torch"]) <= 1 / len(labels), accuracy
         assert (r["torch"][1] == r["onnx"][1]).mean() >= 0.995
 
 
@@ -132,6 +134,20 @@ def test_runtimes_code_the_same_symbols_lite0(lite0):
         r = _symbols_and_predictions(lite0, images[:12], width)
         assert (r["torch"][0] != r["onnx"][0]).mean() <= 1e-4
         assert (r["torch"][1] == r["onnx"][1]).mean() >= 11 / 12
+
+
+def test_the_teachers_first_layers_are_one_graph_that_every_width_continues_from(lite0):
+    """lite0's head starts with the teacher's first blocks: exported once, not in each width's graph."""
+    prefix = ort.InferenceSession(str(lite0.manifest.onnx_prefix()))
+    assert [i.name for i in prefix.get_inputs()] == ["frame"]
+    out = prefix.get_outputs()[0]
+    assert out.shape == [1, *lite0.teacher_spec["feature_shape"]]
+    for width in range(lite0.student.widths):
+        head = ort.InferenceSession(str(lite0.manifest.onnx_head(width)))
+        assert [(i.name, i.shape) for i in head.get_inputs()] == [("prefix", out.shape)]
+        assert head.get_outputs()[0].shape == [1, *lite0.latent_shape(width)]
+    assert "prefix.onnx" in lite0.manifest.device_files()  # GetHead streams it with the heads
+    assert json.loads((lite0.path / "manifest.json").read_text())["onnx"]["prefix"] == "prefix.onnx"
 
 
 @pytest.fixture
