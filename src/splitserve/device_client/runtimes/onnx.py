@@ -52,6 +52,9 @@ class OnnxRuntime(HeadRuntime):
             self.options.inter_op_num_threads = 1
         self.providers = list(providers) if providers else device_providers()
         self._sessions: dict[str, ort.InferenceSession] = {}
+        # bundles exported with a shared prefix graph feed its output to every width's head
+        self._prefix = bundle.manifest.onnx_prefix()
+        self._head_input = "frame" if self._prefix is None else "prefix"
 
     def _session(self, path: str) -> ort.InferenceSession:
         if path not in self._sessions:
@@ -70,10 +73,9 @@ class OnnxRuntime(HeadRuntime):
             )
         head = self._session(str(self.bundle.manifest.onnx_head(width)))
         x = np.ascontiguousarray(frame[None])
-        prefix = self.bundle.manifest.onnx_prefix()
-        if prefix is not None:
-            x = self._session(str(prefix)).run(None, {"frame": x})[0]
-        return head.run(None, {head.get_inputs()[0].name: x})[0][0]
+        if self._prefix is not None:
+            x = self._session(str(self._prefix)).run(None, {"frame": x})[0]
+        return head.run(None, {self._head_input: x})[0][0]
 
     def logits(self, frame: np.ndarray) -> np.ndarray:
         teacher = self.bundle.manifest.onnx_teacher()
