@@ -15,8 +15,6 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-
-
 def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 60.0, **channel_kw) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -89,3 +87,16 @@ def lite0():
     from splitserve.models import load
 
     return load("lite0-imagenet")
+
+
+@pytest.fixture(scope="session")
+def fmnist_half(fmnist, tmp_path_factory):
+    """fmnist-split rewritten with its student's weights at half precision (manifest weights: float16)."""
+    from splitserve.models.backbones import load_state_dict
+    from splitserve.models.bundle import write_bundle
+
+    manifest = {k: v for k, v in fmnist.manifest.items() if k not in ("format", "files", "onnx", "weights")}
+    states = {name: load_state_dict(fmnist.path / name) for name in ("head.pt", "tail.pt", "teacher.pt")}
+    tables = [fmnist.entropy_tables(w) for w in range(fmnist.student.widths)]
+    out = tmp_path_factory.mktemp("half") / fmnist.name / fmnist.version
+    return write_bundle(out, manifest, states, tables, weights="float16")

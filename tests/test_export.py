@@ -32,6 +32,32 @@ def test_onnx_head_matches_torch(tmp_path, fmnist, width):
     assert len(info["entropy"]["freqs"]) == fmnist.latent_shape(width)[0]
 
 
+def test_a_half_precision_bundle_exports_heads_that_store_half_and_compute_what_torch_does(tmp_path, fmnist,
+                                                                                          fmnist_half):  # fmt: skip
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    width = fmnist.student.widths - 1
+    full, _ = export_head(fmnist, width, "onnx", tmp_path / "full")
+    half, _ = export_head(fmnist_half, width, "onnx", tmp_path / "half")
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    graph = onnx.load(str(half)).graph
+    stored = {i.name: i.data_type for i in graph.initializer}
+    weights = [n for n in graph.node if n.op_type == "Cast" and n.input[0] in stored]  # not the frame's cast
+    assert len(weights) >= 4 and all(stored[n.input[0]] == onnx.TensorProto.FLOAT16 for n in weights)
+    session = ort.InferenceSession(str(half), providers=["CPUExecutionProvider"])
+    module = head_module(fmnist_half, width)
+    tables = fmnist_half.entropy_tables(width)
+    images, _ = load_sample("fmnist-test")
+    for img in images[:32]:
+        frame = img[None]
+        got = session.run(None, {"frame": frame})[0]
+        with torch.inference_mode():
+            want = module(torch.from_numpy(frame))
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, want.numpy(), atol=1e-5)  # the same weights; only op order differs
+        assert torch.equal(tables.dequantize(torch.from_numpy(got)), tables.dequantize(want))
+
+
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.load is deprecated upstream
 def test_torchscript_head_matches_torch(tmp_path, fmnist):
     graph, _ = export_head(fmnist, 1, "torchscript", tmp_path)

@@ -162,6 +162,22 @@ def test_a_finished_run_trains_on_with_more_cycles_as_if_they_were_planned(smoke
             train(other, tmp_path / "m2", tmp_path / "w1", resume=True, progress=False)
 
 
+def test_a_finished_run_rewrites_its_bundle_at_half_precision(smoke, tmp_path):
+    # model.weights changes how the bundle is stored, not what is trained: a resume accepts it
+    root, cfg, bundle = smoke
+    half = load_config(root / "smoke.toml")
+    half.model.weights = "float16"
+    shutil.copytree(root / "work", tmp_path / "work")
+    out = train(half, tmp_path / "models", tmp_path / "work", resume=True, progress=False)
+    assert out.weights == "float16" and out.manifest["training"]["config"]["model"]["weights"] == "float16"
+    a = torch.load(bundle.path / "head.pt", weights_only=True)
+    b = torch.load(out.path / "head.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k].half(), b[k]) if a[k].is_floating_point() else torch.equal(a[k], b[k])
+    assert out.widths[-1]["bytes_mean"] > 0  # measured again, with the rounded weights
+
+
 def test_resume_refuses_a_different_config(smoke):
     root, cfg, _ = smoke
     cfg2 = load_config(root / "smoke.toml")
@@ -180,6 +196,7 @@ def test_bad_configs_are_clear():
         ({"stage2": {"finetune_tail": False, "tail_lr": 1e-4}}, "only set with finetune_tail"),
         ({"stage2": {"epochs": 10, "cycles": 3}}, "cycles must be >= 1 and divide epochs"),
         ({"stage2": {"cycles": 0}}, "cycles must be >= 1"),
+        ({"model": {"weights": "int8"}}, "weights must be one of"),
     ):
         with pytest.raises(ConfigError, match=message):
             parse_config(data)

@@ -39,6 +39,7 @@ from splitserve.models.manifest import (
     MANIFEST,
     TAIL_FILE,
     TEACHER_FILE,
+    WEIGHT_PRECISIONS,
     BundleError,
     InputSpec,
     Manifest,
@@ -118,7 +119,13 @@ class Bundle(CodingBundle):
                     state.update({f"prefix.{k}": v for k, v in own.state_dict().items()})
             enc = SlimmableEncoder(self.student, prefix)
             enc.load_state_dict(state)
-            return freeze_gdn(enc).eval()
+            enc = freeze_gdn(enc).eval()
+            if self.weights == "float16":
+                # GDN's frozen weights are computed from the stored ones; rounded too, every
+                # float the head multiplies by is a float16 value, and the ONNX heads store
+                # exactly these (export.py), so both runtimes compute with the same weights
+                _round_to_half(enc, skip="prefix.")
+            return enc
 
         return self._cached("encoder", build)
 
@@ -190,6 +197,7 @@ class Bundle(CodingBundle):
         """The unsplit teacher: uint8 frames -> logits (local-only inference; the image path's tail)."""
         return self._cached("whole", lambda: _Chain(self.preprocess(), self.teacher()).eval())
 
+
 class DevicePath:
     """The device half for one codec and width: uint8 frames (B, H, W, C) -> one payload per frame.
 
@@ -217,17 +225,38 @@ class DevicePath:
         return [self.encoder.encode(t) for t in self.tensors(frames)]
 
 
+def _round_to_half(module: nn.Module, skip: str = "") -> None:
+    """Round every float weight and buffer (but those under ``skip``) to its nearest float16 value."""
+    with torch.no_grad():
+        for name, t in [*module.named_parameters(), *module.named_buffers()]:
+            if t.is_floating_point() and not (skip and name.startswith(skip)):
+                t.copy_(t.half())
+
+
+def _stored(t: torch.Tensor, weights: str) -> torch.Tensor:
+    t = t.detach().cpu().contiguous()
+    return t.half() if weights == "float16" and t.is_floating_point() else t
+
+
 def write_bundle(
     out_dir: Path,
     manifest: dict[str, Any],
     states: dict[str, dict[str, torch.Tensor]],
     tables: Sequence[EntropyTables],
+    weights: str = "float32",
 ) -> Bundle:
-    """Write weights, tables and a manifest listing their sha256; returns the verified bundle."""
+    """Write weights, tables and a manifest listing their sha256; returns the verified bundle.
+
+    ``weights="float16"`` stores the student's weights (head.pt, tail.pt) at half precision; the
+    teacher's stay as they are (it is also the local-only model, and the prefix's source).
+    """
+    if weights not in WEIGHT_PRECISIONS:
+        raise ValueError(f"weights {weights!r}; expected one of {WEIGHT_PRECISIONS}")
     out_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, dict[str, Any]] = {}
     for name, state in states.items():
-        torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, out_dir / name)
+        precision = "float32" if name == TEACHER_FILE else weights
+        torch.save({k: _stored(v, precision) for k, v in state.items()}, out_dir / name)
     arrays: dict[str, np.ndarray] = {}
     for i, t in enumerate(tables):
         arrays.update(t.to_arrays(f"w{i}_"))
@@ -235,6 +264,6 @@ def write_bundle(
     for name in [*states, ENTROPY_FILE]:
         fp = out_dir / name
         files[name] = {"sha256": file_sha256(fp), "size": fp.stat().st_size}
-    manifest = {"format": FORMAT, **manifest, "files": files}
+    manifest = {"format": FORMAT, **manifest, "weights": weights, "files": files}
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return Bundle.load(out_dir)

@@ -36,6 +36,7 @@ class CodingBundle:
         self.labels = manifest.labels
         self.teacher_spec = manifest.teacher
         self.feature_shape = manifest.feature_shape
+        self.weights = manifest.weights  # the precision the student's weights are stored in
         self._lock = threading.RLock()
         self._cache: dict[Any, Any] = {}
 

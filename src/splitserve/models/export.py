@@ -13,7 +13,10 @@ sha256 in the manifest, for the SDK's onnx runtime (``device-client --runtime on
 Where the head starts with the teacher's first layers (``[student] prefix``), those
 go in once, as ``prefix.onnx`` (frame -> the prefix's features), and each width's
 graph starts from its output: every width runs the same frozen layers, and four
-copies of them made most of the bundle.
+copies of them made most of the bundle. A bundle whose weights are stored at half
+precision (manifest ``weights: float16``) gets heads that store theirs the same way:
+each float16 weight behind a Cast to float32, folded once when onnxruntime loads the
+graph, so the head computes in float32 with exactly the weights the torch runtime uses.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -97,6 +101,40 @@ def _onnx(module: nn.Module, graph: Path, example: torch.Tensor, names: tuple[st
         )  # fmt: skip
 
 
+def _store_half(graph: Path) -> None:
+    """Store each float32 weight of an ONNX graph that float16 holds exactly as float16, behind a Cast.
+
+    Only exact ones: the graph computes what it did, bit for bit (weights derived in the
+    export, such as a folded constant, stay float32 unless they happen to be exact).
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(graph))
+    casts = []
+    for init in model.graph.initializer:
+        if init.data_type != TensorProto.FLOAT:
+            continue
+        value = numpy_helper.to_array(init)
+        half = value.astype(np.float16)
+        if value.size < 2 or not np.array_equal(half.astype(np.float32), value):
+            continue
+        name = init.name
+        init.CopyFrom(numpy_helper.from_array(half, f"{name}.float16"))
+        casts.append(helper.make_node("Cast", [init.name], [name], to=TensorProto.FLOAT))
+    nodes = [*casts, *model.graph.node]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(graph))
+
+
+def _head_onnx(bundle: Bundle, module: nn.Module, graph: Path, example: torch.Tensor, names: tuple[str, str]) -> None:
+    _onnx(module, graph, example, names)
+    if bundle.weights == "float16":
+        _store_half(graph)
+
+
 def export_head(bundle: Bundle, width: int, fmt: str, out_dir: Path) -> list[Path]:
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; use {' or '.join(FORMATS)}")
@@ -108,7 +146,7 @@ def export_head(bundle: Bundle, width: int, fmt: str, out_dir: Path) -> list[Pat
         warnings.simplefilter("ignore")  # tracer warnings about shape checks that are constant here
         if fmt == "onnx":
             graph = stem.with_suffix(".onnx")
-            _onnx(module, graph, example, ("frame", "features"))
+            _head_onnx(bundle, module, graph, example, ("frame", "features"))
         else:
             graph = stem.with_suffix(".pt")
             torch.jit.save(torch.jit.trace(module, (example,)), str(graph))
@@ -149,10 +187,10 @@ def export_into_bundle(bundle: Bundle) -> Bundle:
         with torch.no_grad():
             example = prefix(_frame(bundle))
         for width, name in enumerate(heads):
-            _onnx(_PrefixToFeatures(bundle, width).eval(), path / name, example, ("prefix", "features"))
+            _head_onnx(bundle, _PrefixToFeatures(bundle, width).eval(), path / name, example, ("prefix", "features"))
     else:
         for width, name in enumerate(heads):
-            _onnx(head_module(bundle, width), path / name, _frame(bundle), ("frame", "features"))
+            _head_onnx(bundle, head_module(bundle, width), path / name, _frame(bundle), ("frame", "features"))
     names += heads
     if bundle.has_file(TEACHER_FILE):
         names.append(ONNX_TEACHER_FILE)

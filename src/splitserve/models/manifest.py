@@ -33,6 +33,9 @@ ONNX_PREFIX_FILE = "prefix.onnx"
 # The exported heads (one graph per width, after the shared prefix graph where the head starts
 # with the teacher's first layers) and the whole teacher, for devices without torch.
 ONNX_FILE = re.compile(r"head-w\d{1,3}\.onnx|prefix\.onnx|teacher\.onnx")
+# The precision the student's weights (head.pt, tail.pt) are stored in: float16 halves the files
+# a device downloads and installs; the loaded networks compute in float32 either way.
+WEIGHT_PRECISIONS = ("float32", "float16")
 _REQUIRED_KEYS = ("format", "name", "version", "input", "labels", "teacher", "student", "widths", "files")
 
 
@@ -95,6 +98,9 @@ class Manifest(Mapping[str, Any]):
             raise BundleError(f"{path / MANIFEST}: malformed ({type(exc).__name__}: {exc})") from None
         if len(self.input.shape) != 3:
             raise BundleError(f"{path / MANIFEST}: input shape must be (C, H, W)")
+        self.weights = str(data.get("weights", "float32"))
+        if self.weights not in WEIGHT_PRECISIONS:
+            raise BundleError(f"{path / MANIFEST}: weights {self.weights!r}; expected one of {WEIGHT_PRECISIONS}")
 
     @classmethod
     def read(cls, path: str | Path) -> Manifest:

@@ -1,6 +1,6 @@
 """Training configuration: one TOML file describes how a bundle is made.
 
-    [model]    name, version, description
+    [model]    name, version, description, the precision the weights are stored in
     [data]     dataset ("fashion-mnist", "imagefolder", "labelled", "photos", or "sample": a sample
                shipped in the package, named by root, for smoke runs), root, input normalization
     [teacher]  family, args, weights (empty: train it here), split layer, distilled layers
@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from splitserve.models.manifest import WEIGHT_PRECISIONS
 from splitserve.tomlconfig import fill, read_toml
 
 
@@ -31,6 +32,9 @@ class ModelSection:
     version: str = "1"
     description: str = ""
     sample: str = ""  # the shipped sample (splitserve/data/samples/<name>.npz) demos run on
+    # the precision head.pt and tail.pt are stored in: "float16" halves what a device installs
+    # and downloads (the networks still compute in float32, with the rounded weights)
+    weights: str = "float32"
 
 
 @dataclass
@@ -175,6 +179,8 @@ def load_config(path: str | Path) -> TrainConfig:
 
 def validate(cfg: TrainConfig) -> None:
     d, s = cfg.data, cfg.student
+    if cfg.model.weights not in WEIGHT_PRECISIONS:
+        raise ConfigError(f"[model] weights must be one of {WEIGHT_PRECISIONS}, got {cfg.model.weights!r}")
     if len(d.input_shape) != 3 or any(v <= 0 for v in d.input_shape):
         raise ConfigError(f"[data] input_shape must be [C, H, W], got {d.input_shape}")
     if len(d.mean) != d.input_shape[0] or len(d.std) != d.input_shape[0]:

@@ -70,7 +70,8 @@ class Run:
 
         Each cycle ends annealed and the next restarts at the full lr, so a finished run goes on
         with the cycles added as a run planned with them from the start would. Where the data
-        lives (``data.root``) and the device may differ too: they do not change what is trained.
+        lives (``data.root``), the device and the precision the bundle stores its weights in
+        (``model.weights``) may differ too: they do not change what is trained.
         """
         old, new = copy.deepcopy(self.state.get("config") or {}), cfg.to_dict()
         old_s2, new_s2 = dict(old.get("stage2", {})), dict(new["stage2"])
@@ -80,6 +81,7 @@ class Run:
             d.pop("device", None)
             d.get("data", {}).pop("root", None)
             d.get("model", {}).pop("version", None)
+            d.get("model", {}).pop("weights", None)
             d.get("stage2", {}).pop("epochs", None)
             d.get("stage2", {}).pop("cycles", None)
         differ = _differences(old, new)
@@ -433,7 +435,7 @@ def _train(cfg: TrainConfig, out_root: Path, work: Path, resume: bool, progress:
         "codecs": list(CODEC_IDS),
         "training": {"config": cfg.to_dict(), "history": run.state["history"], "images": data.train_files},
     }
-    bundle = write_bundle(dest, manifest, states, tables)
+    bundle = write_bundle(dest, manifest, states, tables, weights=cfg.model.weights)
 
     n = cfg.eval.limit or len(data.test_images)
     labels = data.test_labels[:n] if data.has_labels else None
