@@ -112,10 +112,14 @@ def test_a_resume_at_a_phase_boundary_trains_as_a_fresh_run(smoke, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_resume_within_a_stage2_cycle_trains_as_an_uninterrupted_run(smoke, tmp_path, monkeypatch):
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_a_resume_within_a_stage2_cycle_trains_as_an_uninterrupted_run(smoke, tmp_path, monkeypatch, ema):
     # stopped mid-cycle: a resumed run must go on along the same cosine and restart it at the
-    # same step, with the optimizer's and the random streams' state
+    # same step, with the optimizer's, the random streams' and the weight average's state
     root, cfg, bundle = smoke
+    if ema:
+        cfg = load_config(root / "smoke.toml")
+        cfg.stage2.ema = ema
     save = Run.save
 
     def save_and_snapshot(self, **parts):
@@ -124,7 +128,8 @@ def test_a_resume_within_a_stage2_cycle_trains_as_an_uninterrupted_run(smoke, tm
             shutil.copy(self.ckpt, tmp_path / "mid-cycle-1.pt")
 
     monkeypatch.setattr(Run, "save", save_and_snapshot)
-    train(cfg, tmp_path / "m0", tmp_path / "work0", progress=False)
+    uninterrupted = train(cfg, tmp_path / "m0", tmp_path / "work0", progress=False)
+    bundle = uninterrupted if ema else bundle
     monkeypatch.undo()
     (tmp_path / "work1").mkdir()
     shutil.copy(tmp_path / "mid-cycle-1.pt", tmp_path / "work1" / "checkpoint.pt")
@@ -132,6 +137,32 @@ def test_a_resume_within_a_stage2_cycle_trains_as_an_uninterrupted_run(smoke, tm
     a = torch.load(bundle.path / "tail.pt", weights_only=True)
     b = torch.load(resumed.path / "tail.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_bundle_gets_stage2s_weight_average(smoke, tmp_path):
+    root, _, plain = smoke
+    cfg = load_config(root / "smoke.toml")
+    cfg.stage2.ema = 0.9
+    bundle = train(cfg, tmp_path / "models", tmp_path / "work", progress=False)
+    state = torch.load(tmp_path / "work" / "checkpoint.pt", weights_only=False)
+    average = {k.removeprefix("module."): v for k, v in state["average"].items()}
+    assert int(average.pop("n_averaged")) == 4 * -(-740 // 64)  # once per stage-2 step: 4 epochs of 12 batches
+    tail = torch.load(bundle.path / "tail.pt", weights_only=True)
+    trained = {"decoder.": "student.decoder.", "tail.": "tail."}
+    for key, value in tail.items():
+        prefix = next(p for p in trained if key.startswith(p))
+        source = trained[prefix] + key.removeprefix(prefix)
+        assert torch.equal(value, average[source])
+    raw = {f"decoder.{k.removeprefix('decoder.')}": v for k, v in state["student"].items() if k.startswith("decoder.")}
+    assert any(not torch.equal(tail[k], raw[k]) for k in raw if raw[k].is_floating_point())  # not the last step's
+    # stage 2 leaves the encoder and priors frozen here: averaging must not move them a bit, or
+    # the entropy tables would no longer match what the encoder sends
+    head = torch.load(bundle.path / "head.pt", weights_only=True)
+    assert all(torch.equal(v, state["student"][f"encoder.{k}"]) for k, v in head.items())
+    np.testing.assert_array_equal(
+        np.load(bundle.path / "entropy.npz")["w1_freqs"], np.load(plain.path / "entropy.npz")["w1_freqs"]
+    )
+    assert bundle.manifest["training"]["config"]["stage2"]["ema"] == 0.9
 
 
 def test_a_finished_run_trains_on_with_more_cycles_as_if_they_were_planned(smoke, tmp_path):
@@ -160,6 +191,24 @@ def test_a_finished_run_trains_on_with_more_cycles_as_if_they_were_planned(smoke
             setattr(other.stage2, key, value)
         with pytest.raises(ConfigError, match=message):
             train(other, tmp_path / "m2", tmp_path / "w1", resume=True, progress=False)
+
+
+def test_a_checkpoint_older_than_a_config_key_resumes_with_its_default(smoke, tmp_path):
+    # [stage2] ema came after checkpoints that lack it: they were trained without averaging,
+    # which is its default, so they resume; asking for averaging is a different run
+    root, cfg, bundle = smoke
+    shutil.copytree(root / "work", tmp_path / "work")
+    state = torch.load(tmp_path / "work" / "checkpoint.pt", weights_only=False)
+    del state["config"]["stage2"]["ema"]
+    torch.save(state, tmp_path / "work" / "checkpoint.pt")
+    resumed = train(cfg, tmp_path / "models", tmp_path / "work", resume=True, progress=False)
+    for name in ("head.pt", "tail.pt"):
+        a, b = (torch.load(d / name, weights_only=True) for d in (bundle.path, resumed.path))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    averaged = load_config(root / "smoke.toml")
+    averaged.stage2.ema = 0.9
+    with pytest.raises(ConfigError, match=r"\[stage2\] ema"):
+        train(averaged, tmp_path / "other", tmp_path / "work", resume=True, progress=False)
 
 
 def test_a_finished_run_rewrites_its_bundle_at_half_precision(smoke, tmp_path):
@@ -197,6 +246,7 @@ def test_bad_configs_are_clear():
         ({"stage2": {"epochs": 10, "cycles": 3}}, "cycles must be >= 1 and divide epochs"),
         ({"stage2": {"cycles": 0}}, "cycles must be >= 1"),
         ({"model": {"weights": "int8"}}, "weights must be one of"),
+        ({"stage2": {"ema": 1.0}}, "ema must be in"),
     ):
         with pytest.raises(ConfigError, match=message):
             parse_config(data)

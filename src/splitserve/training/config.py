@@ -136,6 +136,9 @@ class Stage2Section:
     # the learning rate follows a cosine over epochs / cycles epochs, then restarts at lr
     # (SGDR): each cycle ends annealed, so a later cycle continues from a finished model
     cycles: int = 1
+    # > 0: the bundle gets an exponential moving average of stage 2's weights, updated every
+    # step with this decay (0.998 averages over the last ~500 steps); 0: the last step's weights
+    ema: float = 0.0
 
 
 @dataclass
@@ -209,3 +212,5 @@ def validate(cfg: TrainConfig) -> None:
         )
     if cfg.stage2.tail_lr < 0 or (cfg.stage2.tail_lr and not cfg.stage2.finetune_tail):
         raise ConfigError("[stage2] tail_lr must be >= 0, and only set with finetune_tail = true")
+    if not 0 <= cfg.stage2.ema < 1:
+        raise ConfigError(f"[stage2] ema must be in [0, 1) (0: no averaging), got {cfg.stage2.ema}")

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from splitserve.codecs.entropic import EntropyTables
@@ -239,6 +240,51 @@ def stage1_epoch(
     return stats
 
 
+class WeightAverage:
+    """An exponential moving average of the student's and the tail's weights over stage 2's steps.
+
+    A few hundred images give noisy gradients: the last step's weights sit wherever the
+    last batches pushed them, and the average of the recent ones usually generalizes better
+    (Polyak averaging, as timm's ModelEma does it). BatchNorm statistics are
+    averaged with the weights, so the averaged model needs no extra pass over the data. Frozen
+    weights (the prefix, the priors, a tail that is not fine-tuned) stay bit-exact: the
+    average of a constant is that constant.
+    """
+
+    def __init__(self, student: EntropicStudent, tail: nn.Module, decay: float) -> None:
+        self.source = nn.ModuleDict({"student": student, "tail": tail})
+        self.average = AveragedModel(self.source, multi_avg_fn=_ema_of_floats(decay), use_buffers=True)
+
+    def update(self) -> None:
+        self.average.update_parameters(self.source)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.average.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.average.load_state_dict(state)
+
+    def weights(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The averaged (student, tail) state dicts."""
+        module = self.average.module
+        return module["student"].state_dict(), module["tail"].state_dict()
+
+
+def _ema_of_floats(decay: float):  # type: ignore[no-untyped-def]
+    """torch's EMA for floating-point tensors; counters (BatchNorm's num_batches_tracked) are copied.
+
+    AveragedModel calls this once per (device, dtype) group, so each call sees one kind."""
+    ema = get_ema_multi_avg_fn(decay)
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], count: torch.Tensor) -> None:
+        if averaged[0].is_floating_point():
+            ema(averaged, current, count)
+        else:
+            torch._foreach_copy_(averaged, current)
+
+    return update
+
+
 def initial_betas(cfg: Stage1Section, widths: int) -> list[float]:
     return list(cfg.beta) if len(cfg.beta) == widths else list(cfg.beta) * widths
 
@@ -283,6 +329,7 @@ def stage2_epoch(
     beta_lr: float = 0.01,
     views: CachedTargets | FreshTargets | None = None,
     world: World | None = None,
+    average: WeightAverage | None = None,
 ) -> dict[str, float]:
     """One epoch of stage 2 on the codec's exact quantization (the tables are already fixed).
 
@@ -333,6 +380,8 @@ def stage2_epoch(
         world.average_gradients([p for g in opt.param_groups for p in g["params"]])
         opt.step()
         sched.step()
+        if average is not None:
+            average.update()
         sums["loss"] += loss.item() * len(xp)
         seen += len(xp)
         bar.update(len(xp))
@@ -340,6 +389,8 @@ def stage2_epoch(
     bar.close()
     world.average_buffers(student)
     world.average_buffers(tail)
+    if average is not None:
+        world.average_buffers(average.average)
     stats = {k: v / max(seen, 1) for k, v in sums.items()}
     stats["train_acc"] = correct / max(seen, 1)
     return stats

@@ -34,7 +34,7 @@ from splitserve.models.bundle import TAIL_FILE, TEACHER_FILE, Bundle, InputSpec,
 from splitserve.models.manifest import file_sha256
 from splitserve.training import distill
 from splitserve.training import teacher as teacher_training
-from splitserve.training.config import ConfigError, TrainConfig
+from splitserve.training.config import ConfigError, TrainConfig, parse_config
 from splitserve.training.data import TrainData, build_data
 from splitserve.training.evaluate import evaluate_bundle
 from splitserve.training.parallel import World, sharded, steps_per_epoch
@@ -73,7 +73,7 @@ class Run:
         lives (``data.root``), the device and the precision the bundle stores its weights in
         (``model.weights``) may differ too: they do not change what is trained.
         """
-        old, new = copy.deepcopy(self.state.get("config") or {}), cfg.to_dict()
+        old, new = _with_defaults(self.state.get("config") or {}), cfg.to_dict()
         old_s2, new_s2 = dict(old.get("stage2", {})), dict(new["stage2"])
         old_version = old.get("model", {}).get("version")
         cycle = old_s2.get("epochs", 0) // max(old_s2.get("cycles", 1), 1)
@@ -125,6 +125,18 @@ class Run:
 
     def streams_state(self, gen: torch.Generator, rng: random.Random) -> dict[str, Any]:
         return {"gen": gen.get_state(), "rng": rng.getstate(), "torch_rng": torch.get_rng_state()}
+
+
+def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config with the keys added since it was made at their defaults.
+
+    Defaults keep what older runs did, so an old checkpoint resumes under today's config.
+    A config that no longer parses (a key removed since) is compared as it was saved.
+    """
+    try:
+        return parse_config(copy.deepcopy(saved)).to_dict()
+    except ConfigError:
+        return copy.deepcopy(saved)
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -293,6 +305,7 @@ def train_student(run: Run, data: TrainData, pre: nn.Module, teacher_model: nn.M
     betas = list(run.state.get("betas") or distill.initial_betas(cfg.stage1, student.cfg.widths))
     for p in student.priors.parameters():
         p.requires_grad_(False)  # the tables are fixed now: the priors must stay what they were
+    average = distill.WeightAverage(student, ft_tail, s2.ema) if s2.ema else None
     if not _phase_done(run, "stage2"):
         for p in student.encoder.parameters():
             p.requires_grad_(s2.train_encoder)
@@ -310,6 +323,8 @@ def train_student(run: Run, data: TrainData, pre: nn.Module, teacher_model: nn.M
         if run.state["phase"] == "stage2" and run.state["epoch"]:
             student.load_state_dict(run.state["student"])
             ft_tail.load_state_dict(run.state["tail"])
+            if average is not None:
+                average.load_state_dict(run.state["average"])
             opt.load_state_dict(run.state["opt"])
             if "sched" in run.state:
                 sched.load_state_dict(run.state["sched"])
@@ -322,7 +337,7 @@ def train_student(run: Run, data: TrainData, pre: nn.Module, teacher_model: nn.M
             stats = distill.stage2_epoch(
                 student, tables, ft_tail, teacher, data, s2, opt, sched, gen, rng, run.device,
                 f"stage 2 {epoch + 1}/{s2.epochs}", cfg.stage1.random_widths, run.progress,
-                betas, cfg.stage1.target_bits, cfg.stage1.beta_lr, views, run.world,
+                betas, cfg.stage1.target_bits, cfg.stage1.beta_lr, views, run.world, average,
             )  # fmt: skip
             stats["seconds"] = round(time.monotonic() - started, 2)
             log.info("stage 2 epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in stats.items()})
@@ -336,12 +351,22 @@ def train_student(run: Run, data: TrainData, pre: nn.Module, teacher_model: nn.M
                 opt=opt.state_dict(),
                 sched=sched.state_dict(),
                 betas=betas,
+                **({"average": average.state_dict()} if average is not None else {}),
                 **run.streams_state(gen, rng),
             )
     else:
         student.load_state_dict(run.state["student"])
         ft_tail.load_state_dict(run.state["tail"])
         tables = student.entropy_tables()
+        if average is not None:
+            average.load_state_dict(run.state["average"])
+    if average is not None:
+        # the checkpoint keeps the last step's weights (a resume with more cycles trains on
+        # from them); the bundle gets the average. The tables come from the frozen priors,
+        # which averaging leaves exactly as they were.
+        averaged_student, averaged_tail = average.weights()
+        student.load_state_dict(averaged_student)
+        ft_tail.load_state_dict(averaged_tail)
     return student.eval(), tables, ft_tail.eval()
 
 
