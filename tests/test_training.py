@@ -1,5 +1,6 @@
 """Training smoke runs: small, on CPU, a couple of minutes at most."""
 
+import copy
 import json
 import shutil
 import subprocess
@@ -163,6 +164,81 @@ def test_the_bundle_gets_stage2s_weight_average(smoke, tmp_path):
     assert bundle.manifest["training"]["config"]["stage2"]["ema"] == 0.9
 
 
+@pytest.fixture(scope="module")
+def soup(smoke, tmp_path_factory):
+    """A two-member run of the smoke config, with checkpoints copied at the second member's start and middle."""
+    root, _, _ = smoke
+    out = tmp_path_factory.mktemp("soup")
+    cfg = load_config(root / "smoke.toml")
+    cfg.stage2.members = 2
+    save = Run.save
+
+    def save_and_snapshot(self, **parts):
+        save(self, **parts)
+        if parts.get("member") == 1 and parts.get("epoch") in (0, 1):
+            shutil.copy(self.ckpt, out / f"member-2-epoch-{parts['epoch']}.pt")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Run, "save", save_and_snapshot)
+        bundle = train(cfg, out / "models", out / "work", progress=False)
+    return out, cfg, bundle
+
+
+def test_stage2_members_ship_the_average_of_their_weights(smoke, soup, tmp_path, monkeypatch):
+    root, _, plain = smoke
+    out, _, bundle = soup
+    history = [h for h in bundle.manifest["training"]["history"] if h["phase"] == "stage2"]
+    assert [h["member"] for h in history] == [1] * 4 + [2] * 4
+    # the first member draws the streams a one-member run draws, so it is the smoke run; the
+    # checkpoint ends with the second member's last weights
+    first = torch.load(plain.path / "tail.pt", weights_only=True)
+    state = torch.load(out / "work" / "checkpoint.pt", weights_only=False)
+    second = {k: v for k, v in state["student"].items() if k.startswith("decoder.")}
+    second.update({f"tail.{k}": v for k, v in state["tail"].items()})
+    # the second member is a one-member run that draws the second member's streams: it starts
+    # afresh from stage 1's weights and betas, with a new optimizer
+    seed_streams = Run.seed_streams
+
+    def second_members_streams(self, phase, member=0):
+        return seed_streams(self, phase, member + (phase == "stage2"))
+
+    monkeypatch.setattr(Run, "seed_streams", second_members_streams)
+    alone = train(load_config(root / "smoke.toml"), tmp_path / "models", tmp_path / "work", progress=False)
+    monkeypatch.undo()
+    assert all(torch.equal(v, second[k]) for k, v in torch.load(alone.path / "tail.pt", weights_only=True).items())
+    souped = torch.load(bundle.path / "tail.pt", weights_only=True)
+    floats = [k for k in souped if souped[k].is_floating_point()]
+    assert souped.keys() == first.keys() == second.keys()
+    assert any(not torch.equal(first[k], second[k]) for k in floats)  # two runs, not one twice
+    for k in floats:
+        torch.testing.assert_close(souped[k], (first[k] + second[k]) / 2, rtol=1e-5, atol=1e-6)
+    # both members start from the same stage-1 weights and leave the encoder and priors frozen:
+    # the soup must not move them a bit, or the tables would not match what the encoder sends
+    head, plain_head = (torch.load(b.path / "head.pt", weights_only=True) for b in (bundle, plain))
+    assert all(torch.equal(head[k], plain_head[k]) for k in head)
+    np.testing.assert_array_equal(
+        np.load(bundle.path / "entropy.npz")["w1_freqs"], np.load(plain.path / "entropy.npz")["w1_freqs"]
+    )
+
+
+@pytest.mark.parametrize("epoch", [0, 1])
+def test_a_resume_within_the_second_member_makes_the_same_soup(soup, tmp_path, epoch):
+    out, cfg, bundle = soup
+    (tmp_path / "work").mkdir()
+    shutil.copy(out / f"member-2-epoch-{epoch}.pt", tmp_path / "work" / "checkpoint.pt")
+    resumed = train(cfg, tmp_path / "models", tmp_path / "work", resume=True, progress=False)
+    a, b = (torch.load(x.path / "tail.pt", weights_only=True) for x in (bundle, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_soup_does_not_train_on_with_more_cycles(soup, tmp_path):
+    out, cfg, _ = soup
+    longer = copy.deepcopy(cfg)
+    longer.stage2.epochs, longer.stage2.cycles, longer.model.version = 6, 3, "2"
+    with pytest.raises(ConfigError, match=r"soup of 2 stage-2 runs"):
+        train(longer, tmp_path / "models", out / "work", resume=True, progress=False)
+
+
 def test_a_finished_run_trains_on_with_more_cycles_as_if_they_were_planned(smoke, tmp_path):
     root, _, _ = smoke
     longer = load_config(root / "smoke.toml")
@@ -245,6 +321,7 @@ def test_bad_configs_are_clear():
         ({"stage2": {"cycles": 0}}, "cycles must be >= 1"),
         ({"model": {"weights": "int8"}}, "weights must be one of"),
         ({"stage2": {"ema": 1.0}}, "ema must be in"),
+        ({"stage2": {"members": 0}}, "members must be >= 1"),
     ):
         with pytest.raises(ConfigError, match=message):
             parse_config(data)

@@ -6,7 +6,8 @@
     [teacher]  family, args, weights (empty: train it here), split layer, distilled layers
     [student]  encoder stages, bottleneck channels, width fractions, decoder size
     [stage1]   head distillation: epochs, lr, beta (rate weight), batch size
-    [stage2]   tail fine-tuning with KD: epochs, lr (cosine, in cycles), whether the tail trains too
+    [stage2]   tail fine-tuning with KD: epochs, lr (cosine, in cycles), whether the tail trains too,
+               weight averaging (ema over steps, members: a soup of several runs)
     [eval]     how many test images the manifest's numbers are measured on
 
 Unknown keys are errors: a typo must not silently train the wrong model.
@@ -139,6 +140,10 @@ class Stage2Section:
     # > 0: the bundle gets an exponential moving average of stage 2's weights, updated every
     # step with this decay (0.998 averages over the last ~500 steps); 0: the last step's weights
     ema: float = 0.0
+    # > 1: stage 2 runs this many times from stage 1's weights, each with its own random
+    # streams, and the bundle gets the average of their weights (a model soup); costs
+    # members x stage 2's time
+    members: int = 1
 
 
 @dataclass
@@ -212,5 +217,7 @@ def validate(cfg: TrainConfig) -> None:
         )
     if cfg.stage2.tail_lr < 0 or (cfg.stage2.tail_lr and not cfg.stage2.finetune_tail):
         raise ConfigError("[stage2] tail_lr must be >= 0, and only set with finetune_tail = true")
+    if cfg.stage2.members < 1:
+        raise ConfigError(f"[stage2] members must be >= 1 (1: one run of stage 2), got {cfg.stage2.members}")
     if not 0 <= cfg.stage2.ema < 1:
         raise ConfigError(f"[stage2] ema must be in [0, 1) (0: no averaging), got {cfg.stage2.ema}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -283,6 +284,27 @@ def _ema_of_floats(decay: float):  # type: ignore[no-untyped-def]
             torch._foreach_copy_(averaged, current)
 
     return update
+
+
+def add_to_soup(soup: dict[str, Any] | None, member: dict[str, Any], count: int) -> dict[str, Any]:
+    """The uniform average of ``count`` members' weights, from that of the first ``count - 1``.
+
+    A model soup (Wortsman et al. 2022): stage 2 run several times from the same stage-1
+    weights, with different random streams, ends in one basin, so the average of the runs
+    is a model of its own, better than the typical run and far less a matter of luck.
+    ``member`` and the soup are {"student": state dict, "tail": state dict}. Weights every
+    member shares (the prefix, the priors, a frozen tail) stay bit-exact, as the entropy
+    tables need; counters (BatchNorm's num_batches_tracked) are the latest member's.
+    """
+    if soup is None:
+        return {part: {k: v.detach().clone() for k, v in state.items()} for part, state in member.items()}
+    out: dict[str, Any] = {}
+    for part, state in member.items():
+        out[part] = {}
+        for key, value in state.items():
+            mean = soup[part][key]
+            out[part][key] = mean + (value - mean) / count if value.is_floating_point() else value.detach().clone()
+    return out
 
 
 def initial_betas(cfg: Stage1Section, widths: int) -> list[float]:

@@ -34,7 +34,7 @@ from splitserve.models.bundle import TAIL_FILE, TEACHER_FILE, Bundle, InputSpec,
 from splitserve.models.manifest import file_sha256
 from splitserve.training import distill
 from splitserve.training import teacher as teacher_training
-from splitserve.training.config import ConfigError, TrainConfig, parse_config
+from splitserve.training.config import ConfigError, Stage2Section, TrainConfig, parse_config
 from splitserve.training.data import TrainData, build_data
 from splitserve.training.evaluate import evaluate_bundle
 from splitserve.training.parallel import World, sharded, steps_per_epoch
@@ -93,6 +93,11 @@ class Run:
             )
         if new_s2["epochs"] == old_s2["epochs"]:
             return
+        if new_s2["members"] > 1:
+            raise ConfigError(
+                f"--resume: {self.ckpt} is a soup of {new_s2['members']} stage-2 runs ([stage2] members), and the "
+                "checkpoint keeps only the last one's weights: train more cycles in a new --work dir"
+            )
         if cfg.model.version == old_version:
             raise ConfigError(
                 f"--resume: training on writes a new bundle; give [model] version a new value (the checkpoint's "
@@ -112,10 +117,11 @@ class Run:
         torch.save(self.state, tmp)
         tmp.replace(self.ckpt)
 
-    def seed_streams(self, phase: str) -> tuple[torch.Generator, random.Random]:
-        """Generators for a phase: fresh from the seed, or restored from the checkpoint."""
-        gen = torch.Generator().manual_seed(self.cfg.seed + PHASES.index(phase))
-        rng = random.Random(self.cfg.seed + PHASES.index(phase))
+    def seed_streams(self, phase: str, member: int = 0) -> tuple[torch.Generator, random.Random]:
+        """Generators for a phase (and stage-2 member): fresh from the seed, or restored from the checkpoint."""
+        seed = self.cfg.seed + PHASES.index(phase) + 1000 * member
+        gen = torch.Generator().manual_seed(seed)
+        rng = random.Random(seed)
         # only mid-phase: the checkpoint at a phase's end still holds the previous phase's streams
         if self.state["phase"] == phase and self.state["epoch"] and "gen" in self.state:
             gen.set_state(self.state["gen"])
@@ -305,69 +311,105 @@ def train_student(run: Run, data: TrainData, pre: nn.Module, teacher_model: nn.M
     betas = list(run.state.get("betas") or distill.initial_betas(cfg.stage1, student.cfg.widths))
     for p in student.priors.parameters():
         p.requires_grad_(False)  # the tables are fixed now: the priors must stay what they were
-    average = distill.WeightAverage(student, ft_tail, s2.ema) if s2.ema else None
+    average = None
     if not _phase_done(run, "stage2"):
         for p in student.encoder.parameters():
             p.requires_grad_(s2.train_encoder)
         if student.encoder.prefix is not None:
             student.encoder.prefix.requires_grad_(False)
-        params = list(student.decoder.parameters())
-        if s2.train_encoder:
-            params += [p for p in student.encoder.parameters() if p.requires_grad]
-        groups: list[dict[str, Any]] = [{"params": params}]
-        if s2.finetune_tail:
-            groups.append({"params": list(ft_tail.parameters()), "lr": s2.tail_lr or s2.lr})
-        opt = torch.optim.Adam(groups, lr=s2.lr)
-        sched = stage2_schedule(opt, steps_per_epoch(source, s2.batch_size) * (s2.epochs // s2.cycles))
-        gen, rng = run.seed_streams("stage2")
-        if run.state["phase"] == "stage2" and run.state["epoch"]:
-            student.load_state_dict(run.state["student"])
-            ft_tail.load_state_dict(run.state["tail"])
-            if average is not None:
-                average.load_state_dict(run.state["average"])
-            opt.load_state_dict(run.state["opt"])
-            if "sched" in run.state:
-                sched.load_state_dict(run.state["sched"])
-            else:  # trained on from a finished run: a new cycle starts at the full lr
-                for group in opt.param_groups:
-                    group["lr"] = group["initial_lr"]
-            tables = student.entropy_tables()
-        for epoch in range(run.state["epoch"], s2.epochs):
-            started = time.monotonic()
-            stats = distill.stage2_epoch(
-                student, tables, ft_tail, teacher, data, s2, opt, sched, gen, rng, run.device,
-                f"stage 2 {epoch + 1}/{s2.epochs}", cfg.stage1.random_widths, run.progress,
-                betas, cfg.stage1.target_bits, cfg.stage1.beta_lr, views, run.world, average,
-            )  # fmt: skip
-            stats["seconds"] = round(time.monotonic() - started, 2)
-            log.info("stage 2 epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in stats.items()})
-            run.state["history"].append({"phase": "stage2", "epoch": epoch + 1, **stats})
-            last = epoch + 1 == s2.epochs
-            run.save(
-                phase="done" if last else "stage2",
-                epoch=0 if last else epoch + 1,
-                student=student.state_dict(),
-                tail=ft_tail.state_dict(),
-                opt=opt.state_dict(),
-                sched=sched.state_dict(),
-                betas=betas,
-                **({"average": average.state_dict()} if average is not None else {}),
-                **run.streams_state(gen, rng),
-            )
+        if s2.members > 1 and "stage2_start" not in run.state:
+            # every member starts where stage 1 ended, with stage 1's betas
+            run.state["stage2_start"] = {
+                "student": copy.deepcopy(student.state_dict()),
+                "tail": copy.deepcopy(ft_tail.state_dict()),
+                "betas": list(betas),
+            }
+        first = run.state.get("member", 0)
+        for member in range(first, s2.members):
+            resumed = member == first and run.state["phase"] == "stage2" and run.state["epoch"] > 0
+            if member > 0 and not resumed:
+                start = run.state["stage2_start"]
+                student.load_state_dict(start["student"])
+                ft_tail.load_state_dict(start["tail"])
+                betas = list(start["betas"])
+            average = distill.WeightAverage(student, ft_tail, s2.ema) if s2.ema else None
+            opt, sched = _stage2_optimizer(student, ft_tail, s2, steps_per_epoch(source, s2.batch_size))
+            gen, rng = run.seed_streams("stage2", member)
+            if resumed:
+                student.load_state_dict(run.state["student"])
+                ft_tail.load_state_dict(run.state["tail"])
+                if average is not None:
+                    average.load_state_dict(run.state["average"])
+                opt.load_state_dict(run.state["opt"])
+                if "sched" in run.state:
+                    sched.load_state_dict(run.state["sched"])
+                else:  # trained on from a finished run: a new cycle starts at the full lr
+                    for group in opt.param_groups:
+                        group["lr"] = group["initial_lr"]
+                tables = student.entropy_tables()
+            of = f" member {member + 1}/{s2.members}" if s2.members > 1 else ""
+            for epoch in range(run.state["epoch"] if resumed else 0, s2.epochs):
+                started = time.monotonic()
+                stats = distill.stage2_epoch(
+                    student, tables, ft_tail, teacher, data, s2, opt, sched, gen, rng, run.device,
+                    f"stage 2{of} {epoch + 1}/{s2.epochs}", cfg.stage1.random_widths, run.progress,
+                    betas, cfg.stage1.target_bits, cfg.stage1.beta_lr, views, run.world, average,
+                )  # fmt: skip
+                stats["seconds"] = round(time.monotonic() - started, 2)
+                log.info("stage 2%s epoch %d: %s", of, epoch + 1, {k: round(v, 4) for k, v in stats.items()})
+                run.state["history"].append(
+                    {"phase": "stage2", "epoch": epoch + 1, **({"member": member + 1} if of else {}), **stats}
+                )
+                last = epoch + 1 == s2.epochs
+                if last and s2.members > 1:
+                    shipped = _shipped(student, ft_tail, average)
+                    run.state["soup"] = distill.add_to_soup(run.state.get("soup"), shipped, member + 1)
+                finished = last and member + 1 == s2.members
+                run.save(
+                    phase="done" if finished else "stage2",
+                    epoch=0 if last else epoch + 1,
+                    member=member + 1 if last and not finished else member,
+                    student=student.state_dict(),
+                    tail=ft_tail.state_dict(),
+                    opt=opt.state_dict(),
+                    sched=sched.state_dict(),
+                    betas=betas,
+                    **({"average": average.state_dict()} if average is not None else {}),
+                    **run.streams_state(gen, rng),
+                )
     else:
         student.load_state_dict(run.state["student"])
         ft_tail.load_state_dict(run.state["tail"])
         tables = student.entropy_tables()
-        if average is not None:
+        if s2.ema:
+            average = distill.WeightAverage(student, ft_tail, s2.ema)
             average.load_state_dict(run.state["average"])
-    if average is not None:
-        # the checkpoint keeps the last step's weights (a resume with more cycles trains on
-        # from them); the bundle gets the average. The tables come from the frozen priors,
-        # which averaging leaves exactly as they were.
-        averaged_student, averaged_tail = average.weights()
-        student.load_state_dict(averaged_student)
-        ft_tail.load_state_dict(averaged_tail)
+    # The checkpoint keeps the last step's weights (a resume with more cycles trains on from
+    # them); the bundle gets the average of the members' weights, or of the last steps'. The
+    # tables come from the frozen priors, which averaging leaves exactly as they were.
+    shipped = run.state["soup"] if s2.members > 1 else _shipped(student, ft_tail, average)
+    student.load_state_dict(shipped["student"])
+    ft_tail.load_state_dict(shipped["tail"])
     return student.eval(), tables, ft_tail.eval()
+
+
+def _stage2_optimizer(student: EntropicStudent, tail: nn.Module, s2: Stage2Section, steps_per_epoch: int):
+    params = list(student.decoder.parameters())
+    if s2.train_encoder:
+        params += [p for p in student.encoder.parameters() if p.requires_grad]
+    groups: list[dict[str, Any]] = [{"params": params}]
+    if s2.finetune_tail:
+        groups.append({"params": list(tail.parameters()), "lr": s2.tail_lr or s2.lr})
+    opt = torch.optim.Adam(groups, lr=s2.lr)
+    return opt, stage2_schedule(opt, steps_per_epoch * (s2.epochs // s2.cycles))
+
+
+def _shipped(student: EntropicStudent, tail: nn.Module, average: distill.WeightAverage | None) -> dict[str, Any]:
+    """The weights one run of stage 2 ends with: the weight average's, or the last step's."""
+    if average is not None:
+        averaged_student, averaged_tail = average.weights()
+        return {"student": averaged_student, "tail": averaged_tail}
+    return {"student": student.state_dict(), "tail": tail.state_dict()}
 
 
 def stage2_schedule(opt: torch.optim.Optimizer, cycle_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
