@@ -381,7 +381,7 @@ def train_student(run: Run, data: TrainData, pre: nn.Module, teacher_model: nn.M
         student.load_state_dict(run.state["student"])
         ft_tail.load_state_dict(run.state["tail"])
         tables = student.entropy_tables()
-        if s2.ema:
+        if s2.ema and s2.members == 1:  # a soup ships its own average, made at each member's end
             average = distill.WeightAverage(student, ft_tail, s2.ema)
             average.load_state_dict(run.state["average"])
     # The checkpoint keeps the last step's weights (a resume with more cycles trains on from
