@@ -90,3 +90,36 @@ def test_bad_extra_images_are_clear(folders, tmp_path):
         build_data(config(root, tmp_path / "junk").data, 0)
     with pytest.raises(ConfigError, match='extra_images needs dataset = "labelled"'):
         parse_config({"data": {"dataset": "fashion-mnist", "extra_images": [str(extra)]}})
+
+
+def test_extra_cap_draws_a_large_folder_as_if_it_were_small(folders, tmp_path):
+    root, _ = folders
+    photos, _ = load_sample("photos-224")
+    big, small = tmp_path / "big", tmp_path / "small"
+    big.mkdir(), small.mkdir()
+    for i in range(8):  # none of them a copy of the labelled folder's images (0-5)
+        Image.fromarray(photos[13 + i]).save(big / f"{i}.jpg", quality=90)
+    Image.fromarray(photos[21]).save(small / "only.jpg", quality=90)
+    data = build_data(config(root, big, extra_images=[str(big), str(small)], extra_cap=2).data, 0).train
+    # 3 labelled images (1 each), 8 big ones (2/8 each: the folder weighs 2), 1 small one (1)
+    assert data.weights.tolist() == [1.0] * 3 + [0.25] * 8 + [1.0]
+    assert len(data.images) == 12  # every image is still there
+    drawn = torch.multinomial(data.weights, 60_000, replacement=True, generator=torch.Generator().manual_seed(0))
+    share = torch.bincount(drawn, minlength=12).float() / 60_000
+    assert abs(share[3:11].sum().item() - 2 / 6) < 0.01 and abs(share[11].item() - 1 / 6) < 0.01
+    # no cap: every image alike, drawn as before the option existed
+    assert build_data(config(root, big).data, 0).train.weights is None
+    with pytest.raises(ConfigError, match="extra_cap must be >= 0"):
+        config(root, big, extra_cap=-1)
+
+
+def test_capped_views_come_from_the_weighted_draw(folders):
+    from splitserve.training.augment import Augmentation, AugmentedImages
+
+    images = [np.full((40, 40, 3), v, np.uint8) for v in (0, 100, 200)]
+    aug = Augmentation(size=16, jitter=0, mixup=0)
+    source = AugmentedImages(images, 64, aug, weights=[0.0, 1.0, 0.0])
+    frames, _ = next(source.batches(64, torch.Generator().manual_seed(0)))
+    assert (frames == 100).all()  # only the one image with weight can be drawn
+    with pytest.raises(ValueError, match="one non-negative value per image"):
+        AugmentedImages(images, 4, aug, weights=[1.0, 1.0])

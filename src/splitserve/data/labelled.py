@@ -95,7 +95,8 @@ def load_image(path: Path | BinaryIO, short_side: int) -> np.ndarray:
             w, h = img.size
             scale = short_side / min(w, h)
             size = (max(short_side, round(w * scale)), max(short_side, round(h * scale)))
-            return np.asarray(img.resize(size, Image.Resampling.BILINEAR, reducing_gap=None))
+            # a writable array: training holds it as a tensor without another copy
+            return np.array(img.resize(size, Image.Resampling.BILINEAR, reducing_gap=None))
     except (UnidentifiedImageError, OSError) as exc:
         raise LabelsError(f"{path}: not a readable image ({exc})") from None
 

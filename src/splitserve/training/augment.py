@@ -36,13 +36,18 @@ class AugmentedImages(FrameSource):
     The random draws come from the CPU generator, so a seed gives the same views anywhere.
     """
 
-    def __init__(self, images: list[np.ndarray], per_epoch: int, aug: Augmentation, device: str = "cpu") -> None:
+    def __init__(self, images: list[np.ndarray], per_epoch: int, aug: Augmentation, device: str = "cpu",
+                 weights: list[float] | None = None) -> None:  # fmt: skip
+        """``weights``: how likely each image is to be drawn for a view (None: all alike)."""
         if not images:
             raise ValueError("no training images")
+        if weights is not None and (len(weights) != len(images) or min(weights) < 0 or not sum(weights) > 0):
+            raise ValueError("weights needs one non-negative value per image, not all zero")
         self.device = torch.device(device)
-        self.images = [torch.from_numpy(np.array(i)).permute(2, 0, 1).to(self.device) for i in images]
+        self.images = [torch.from_numpy(np.asarray(i)).permute(2, 0, 1).to(self.device) for i in images]
         self.per_epoch = per_epoch
         self.aug = aug
+        self.weights = None if weights is None else torch.tensor(weights, dtype=torch.float64)
 
     def __len__(self) -> int:
         return self.per_epoch
@@ -89,7 +94,10 @@ class AugmentedImages(FrameSource):
     def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start in range(0, self.per_epoch, batch_size):
             n = min(batch_size, self.per_epoch - start)
-            idx = torch.randint(0, len(self.images), (n,), generator=generator).tolist()
+            if self.weights is None:
+                idx = torch.randint(0, len(self.images), (n,), generator=generator).tolist()
+            else:
+                idx = torch.multinomial(self.weights, n, replacement=True, generator=generator).tolist()
             x = torch.stack([self._crop(self.images[i], generator) for i in idx])
             flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
             x = torch.where(flip[:, None, None, None], x.flip(3), x)

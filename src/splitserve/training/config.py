@@ -66,6 +66,10 @@ class DataSection:
     # training images' (function matching needs no labels); at most extra_limit of them (0: all)
     extra_images: list[str] = field(default_factory=list)
     extra_limit: int = 0
+    # > 0: views are drawn as if each extra_images folder held at most this many images, so one
+    # large folder of few classes (Imagenette: 13,361 photos of 10) does not crowd out the others;
+    # every image still appears. 0: every image is drawn alike
+    extra_cap: int = 0
 
 
 @dataclass
@@ -211,6 +215,8 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError('[data] extra_images needs dataset = "labelled"')
     if d.extra_limit < 0:
         raise ConfigError(f"[data] extra_limit must be >= 0, got {d.extra_limit}")
+    if d.extra_cap < 0:
+        raise ConfigError(f"[data] extra_cap must be >= 0 (0: no cap), got {d.extra_cap}")
     if cfg.stage2.cycles < 1 or cfg.stage2.epochs % cfg.stage2.cycles:
         raise ConfigError(
             f"[stage2] cycles must be >= 1 and divide epochs ({cfg.stage2.epochs}), got {cfg.stage2.cycles}"

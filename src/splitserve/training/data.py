@@ -159,14 +159,25 @@ def _labelled(cfg: DataSection, device: str, progress: bool) -> TrainData:
     size = cfg.input_shape[1]
     aug = Augmentation(size=size, scale=(cfg.crop_scale_min, 1.0), jitter=cfg.jitter, mixup=cfg.mixup)
     images = labelled.load_images(cfg.root, train_rows, cfg.short_side)
+    weights = None
     if cfg.extra_images:
-        images += _extra_images(cfg, never_train, progress)
-    source = AugmentedImages(images, cfg.crops_per_epoch, aug, device)
+        extra = _extra_images(cfg, never_train, progress)
+        if cfg.extra_cap:
+            weights = [1.0] * len(images) + capped_weights(extra.files, cfg.extra_images, cfg.extra_cap)
+        images += extra.images
+    source = AugmentedImages(images, cfg.crops_per_epoch, aug, device, weights)
     tx, ty = labelled.eval_frames(cfg.root, test_rows, size)
     return TrainData(source, tx, ty, cfg.labels or photos.imagenet_labels(), [r.file for r in train_rows])
 
 
-def _extra_images(cfg: DataSection, held_out: list[Path], progress: bool) -> list[np.ndarray]:
+def capped_weights(files: list[Path], folders: list[str], cap: int) -> list[float]:
+    """Each file's chance of being drawn, relative to a labelled image's: its folder counts as at most ``cap``."""
+    owner = [next(i for i, f in enumerate(folders) if file.is_relative_to(f)) for file in files]
+    counts = [owner.count(i) for i in range(len(folders))]
+    return [min(1.0, cap / counts[i]) for i in owner]
+
+
+def _extra_images(cfg: DataSection, held_out: list[Path], progress: bool) -> unlabelled.UnlabelledImages:
     """``[data] extra_images``: unlabelled photos; a copy of a held-out image is never among them."""
     try:
         extra = unlabelled.load_unlabelled(
@@ -184,7 +195,7 @@ def _extra_images(cfg: DataSection, held_out: list[Path], progress: bool) -> lis
                     len(extra.excluded), extra.excluded[0])  # fmt: skip
     if not extra.images:
         raise ConfigError(f"[data] extra_images: no readable images in {', '.join(cfg.extra_images)}")
-    return extra.images
+    return extra
 
 
 def _photos(cfg: DataSection, seed: int, device: str) -> TrainData:
