@@ -115,3 +115,34 @@ def test_eval_cli_errors_are_one_line(tmp_path):
     proc = subprocess.run([str(BIN / "splitserve"), "eval", "--model", "fmnist-split", "--images", str(root)],
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 2 and "RGB" in proc.stderr
+
+
+@pytest.mark.slow
+def test_eval_cli_on_an_unlabelled_folder_measures_agreement(tmp_path, lite0):
+    """A folder without labels.tsv: any tree of photos; fidelity is top-1 agreement with the teacher."""
+    from splitserve.training.evaluate import evaluate_bundle
+
+    images, _ = load_sample("photos-224")
+    root = tmp_path / "photos"
+    (root / "street" / "night").mkdir(parents=True)
+    Image.fromarray(images[0]).resize((300, 260)).save(root / "a.jpg", quality=95)
+    Image.fromarray(images[1]).resize((260, 300)).save(root / "street" / "b.png")
+    Image.fromarray(images[2]).resize((400, 280)).save(root / "street" / "night" / "c.webp")
+    (root / "street" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    out = tmp_path / "eval.json"
+    proc = subprocess.run(
+        [str(BIN / "splitserve"), "eval", "--model", "lite0-imagenet", "--images", str(root), "--no-progress",
+         "--no-baselines", "--json", str(out)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "agreement with the unsplit teacher" in proc.stdout
+    report = json.loads(out.read_text())
+    assert report["frames"] == 3 and report["metric"] == "agreement" and "1 unreadable" in report["data"]
+    assert report["teacher"]["top1"] is None
+    # the same frames (sorted paths, ImageNet preprocessing) measured in-process agree exactly
+    files = [root / "a.jpg", root / "street" / "b.png", root / "street" / "night" / "c.webp"]
+    frames = np.stack([labelled.center_crop(labelled.load_image(f, 256), 224) for f in files])
+    _, widths = evaluate_bundle(lite0, frames, None, progress=False)
+    assert [w["agreement"] for w in report["widths"]] == [r.agreement for r in widths]
+    assert all(w["top1"] is None for w in report["widths"])

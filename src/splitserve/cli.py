@@ -115,13 +115,41 @@ def _eval_data(bundle, source: str, limit: int):  # type: ignore[no-untyped-def]
 NO_LABELS = " (no labels: fidelity is top-1 agreement with the unsplit teacher)"
 
 
-def _labelled_eval_data(bundle, root: str, limit: int, include_trained: bool):  # type: ignore[no-untyped-def]
-    """(images, labels, description) of a folder with a labels.tsv, less the images the model was trained on."""
+def _folder_eval_data(bundle, root: str, limit: int, include_trained: bool):  # type: ignore[no-untyped-def]
+    """(images, labels or None, description) of a folder: labelled with a labels.tsv, else any tree of photos."""
     from splitserve.data import labelled
 
     channels, height, width = bundle.input.shape
     if channels != 3 or height != width:
         raise ValueError(f"--images needs a model with square RGB input; {bundle.name} takes {bundle.input.shape}")
+    if not (Path(root) / labelled.LABELS_FILE).is_file():
+        return _unlabelled_eval_data(root, height, limit)
+    return _labelled_eval_data(bundle, root, height, limit, include_trained)
+
+
+def _unlabelled_eval_data(root: str, size: int, limit: int):  # type: ignore[no-untyped-def]
+    """Photos without labels: fidelity is agreement with the teacher, which needs none."""
+    import numpy as np
+
+    from splitserve.data import labelled, unlabelled
+
+    short = labelled.eval_short_side(size)
+    print(f"no {labelled.LABELS_FILE} in {root}: reading its photos (short side {short}, centre crop {size})",
+          flush=True)  # fmt: skip
+    found = unlabelled.load_unlabelled([root], short, limit, progress=False)
+    if not found.images:
+        raise ValueError(f"{root}: no readable images")
+    images = np.stack([labelled.center_crop(i, size) for i in found.images])
+    what = f"unlabelled photos of {root}"
+    if found.unreadable:
+        what += f" ({len(found.unreadable)} unreadable files skipped)"
+    return images, None, what
+
+
+def _labelled_eval_data(bundle, root: str, height: int, limit: int, include_trained: bool):  # type: ignore[no-untyped-def]
+    """(images, labels, description) of a folder with a labels.tsv, less the images the model was trained on."""
+    from splitserve.data import labelled
+
     rows = labelled.read_labels(root, num_classes=len(bundle.labels))
     trained = set(bundle.manifest.get("training", {}).get("images") or [])
     kept = rows if include_trained else [r for r in rows if r.file not in trained]
@@ -164,7 +192,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     keep_freed_memory()
     bundle = load(args.model)
     if args.images:
-        images, labels, what = _labelled_eval_data(bundle, args.images, args.limit, args.include_trained)
+        images, labels, what = _folder_eval_data(bundle, args.images, args.limit, args.include_trained)
     else:
         images, labels, what = _eval_data(bundle, args.data, args.limit)
     print(f"{bundle.name}:{bundle.version} on {len(images)} {what}"
@@ -314,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         "--images",
         metavar="DIR",
         help="a folder of labelled images with a labels.tsv (file, index, wnid, name), e.g. an ImageNet "
-        "validation subset; evaluated with ImageNet preprocessing (short side 256, centre crop 224)",
+        "validation subset, or any folder of photos without one (then fidelity is top-1 agreement with the "
+        "teacher); evaluated with ImageNet preprocessing (short side 256, centre crop 224)",
     )
     e.add_argument(
         "--include-trained",
