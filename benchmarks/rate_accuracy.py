@@ -1,17 +1,26 @@
 """Rate vs accuracy of every bundled model: each width and every baseline, on real payloads.
 
-    python benchmarks/rate_accuracy.py [--models fmnist-split,lite0-imagenet] [--imagenet DIR] [--out DIR]
+    python benchmarks/rate_accuracy.py [--models fmnist-split,lite0-imagenet] [--imagenet DIR] [--val DIR]
+                                       [--out DIR]
 
-Runs `splitserve eval` per model (lite0-imagenet on the labelled ImageNet sample in
-../shared/imagenet-sample, leaving out the images it was trained on; fmnist-split on
-the Fashion-MNIST test set), prints its tables and the targets below, and writes
-<out>/rate_accuracy_<model>.json (with a "checks" entry) and .png.
+Runs `splitserve eval` per model, prints its tables and the targets below, and writes
+<out>/rate_accuracy_<model>.json (with "role" and "checks" entries) and .png.
+
+The protocol (choose on one set, report on another): lite0-imagenet is measured on two labelled sets,
+each with its role in its JSON:
+- the validation set (--val, 1,300 ILSVRC2012 validation images extracted by ../shared/photos;
+  `rate_accuracy_lite0-imagenet-val.json`): every decision (design, schedule, seed, which run ships)
+  was taken on it; its numbers are not a result.
+- the held-out sample (--imagenet, the 100 images of ../shared/imagenet-sample whose class index is
+  a multiple of 10; `rate_accuracy_lite0-imagenet.json`): chooses nothing; the README and the
+  manifest report it.
+fmnist-split on the Fashion-MNIST test set.
 
 Targets:
-- lite0-imagenet: the widest width's top-1 within 2 points of the unsplit teacher's, at
-  <= 1/4 of JPEG q75's mean bytes; every width above the JPEG and WebP curves (higher
-  top-1 than the codec at the same bytes, interpolated in log bytes); the narrowest
-  width <= 1/4 of the widest's bytes.
+- lite0-imagenet: the widest width within 1 point of the unsplit teacher at <= 1/2 of JPEG q75's
+  mean bytes; the width nearest 1/4 of JPEG q75's bytes within 4 points of the teacher; every
+  width above the JPEG and WebP curves (higher top-1 than the codec at the same bytes,
+  interpolated in log bytes); the narrowest width at <= 600 B.
 - fmnist-split: the widest width within 1 point of the teacher.
 """
 
@@ -28,6 +37,12 @@ import numpy as np
 from splitserve.models.zoo import BUNDLED, bundle_dirs
 
 REPO = Path(__file__).resolve().parents[1]
+VAL_SUBDIR = "acuity-ilsvrc2012-val/ILSVRC2012_VAL_SET/data"
+ROLES = {
+    "held-out": "chose nothing: the 100 held-out sample images (class index a multiple of 10); the reported result",
+    "validation": "chose: every decision (design, schedule, seed, which run ships) was taken on these images",
+    "test-set": "chose nothing: the dataset's own test set",
+}
 
 
 def curve_at(points: list[dict], nbytes: float, key: str) -> float | None:
@@ -52,19 +67,21 @@ def checks(report: dict) -> dict:
         return out
     base = {b["name"]: b for b in report["baselines"]}
     q75 = base.get("jpeg-q75", {}).get("bytes_mean")
-    out["widest_within_2pt_of_teacher"] = {
+    out["widest_within_1pt_of_teacher"] = {
         "widest": widest[key], "teacher": teacher, "gap_points": round(100 * (teacher - widest[key]), 2),
-        "met": widest[key] >= teacher - 0.02,
+        "met": widest[key] >= teacher - 0.01,
     }  # fmt: skip
     if q75:
-        out["widest_at_most_quarter_of_jpeg_q75"] = {
+        out["widest_at_most_half_of_jpeg_q75"] = {
             "widest_bytes": widest["bytes_mean"], "jpeg_q75_bytes": q75,
-            "ratio": round(widest["bytes_mean"] / q75, 3), "met": widest["bytes_mean"] <= q75 / 4,
+            "ratio": round(widest["bytes_mean"] / q75, 3), "met": widest["bytes_mean"] <= q75 / 2,
         }  # fmt: skip
-    out["narrowest_at_most_quarter_of_widest"] = {
-        "ratio": round(narrowest["bytes_mean"] / widest["bytes_mean"], 3),
-        "met": narrowest["bytes_mean"] <= widest["bytes_mean"] / 4,
-    }
+        quarter = min(widths, key=lambda w: abs(np.log(w["bytes_mean"] / (q75 / 4))))
+        out["quarter_of_jpeg_q75_within_4pt_of_teacher"] = {
+            "width": quarter["width"], "bytes": quarter["bytes_mean"], "top1": quarter[key], "teacher": teacher,
+            "gap_points": round(100 * (teacher - quarter[key]), 2), "met": quarter[key] >= teacher - 0.04,
+        }  # fmt: skip
+    out["narrowest_at_most_600_bytes"] = {"bytes": narrowest["bytes_mean"], "met": narrowest["bytes_mean"] <= 600}
     above = []
     for codec in ("jpeg", "webp"):
         curve = [b for b in report["baselines"] if b["name"].startswith(codec + "-")]
@@ -80,43 +97,60 @@ def checks(report: dict) -> dict:
     return out
 
 
+def measure(model: str, stem: Path, images: Path | None, role: str, limit: int) -> int:
+    """Run `splitserve eval`, add the role and the targets to its JSON, print them; the exit status."""
+    splitserve = Path(sys.executable).parent / "splitserve"
+    result = stem.with_suffix(".json")
+    cmd = [str(splitserve), "eval", "--model", model, "--no-progress", "--json", str(result),
+           "--plot", str(stem.with_suffix(".png"))]  # fmt: skip
+    if images is not None:
+        cmd += ["--images", str(images)]
+    if limit:
+        cmd += ["--limit", str(limit)]
+    print(f"$ splitserve eval --model {model}{' --images ' + str(images) if images else ''}   [{role}]", flush=True)
+    if subprocess.run(cmd).returncode != 0:
+        return 1
+    report = json.loads(result.read_text())
+    report["role"] = ROLES[role]
+    report["checks"] = checks(report)
+    result.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"set: {report['role']}\ntargets:")
+    for name, check in report["checks"].items():
+        if isinstance(check, dict):
+            detail = {k: v for k, v in check.items() if k not in ("met", "points")}
+            print(f"  {name}: {'met' if check['met'] else 'MISSED'} {detail}")
+            for point in check.get("points", []):
+                if not point["met"]:
+                    print(f"    below {point['codec']}: {point}")
+    print(flush=True)
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=",".join(sorted(bundle_dirs(BUNDLED))))
     p.add_argument("--imagenet", type=Path, default=REPO.parent / "shared" / "imagenet-sample",
                    help="labelled ImageNet images (a folder with labels.tsv) for lite0-imagenet")  # fmt: skip
+    p.add_argument("--val", type=Path, default=REPO.parent / "photos" / VAL_SUBDIR,
+                   help="the labelled validation set that chooses (lite0-imagenet; skipped with a note if absent)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     p.add_argument("--limit", type=int, default=0)
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    splitserve = Path(sys.executable).parent / "splitserve"
     for model in args.models.split(","):
-        result = args.out / f"rate_accuracy_{model}.json"
-        cmd = [str(splitserve), "eval", "--model", model, "--no-progress",
-               "--json", str(result), "--plot", str(args.out / f"rate_accuracy_{model}.png")]  # fmt: skip
-        if model.startswith("lite0"):
-            if not (args.imagenet / "labels.tsv").is_file():
-                print(f"{model}: no labelled images at {args.imagenet} (--imagenet DIR)", file=sys.stderr)
-                return 2
-            cmd += ["--images", str(args.imagenet)]
-        if args.limit:
-            cmd += ["--limit", str(args.limit)]
-        print(f"$ splitserve eval --model {model}{' --images ' + str(args.imagenet) if '--images' in cmd else ''}",
-              flush=True)  # fmt: skip
-        if subprocess.run(cmd).returncode != 0:
+        if not model.startswith("lite0"):
+            if measure(model, args.out / f"rate_accuracy_{model}", None, "test-set", args.limit):
+                return 1
+            continue
+        if not (args.imagenet / "labels.tsv").is_file():
+            print(f"{model}: no labelled images at {args.imagenet} (--imagenet DIR)", file=sys.stderr)
+            return 2
+        if measure(model, args.out / f"rate_accuracy_{model}", args.imagenet, "held-out", args.limit):
             return 1
-        report = json.loads(result.read_text())
-        report["checks"] = checks(report)
-        result.write_text(json.dumps(report, indent=2) + "\n")
-        print("targets:")
-        for name, check in report["checks"].items():
-            if isinstance(check, dict):
-                detail = {k: v for k, v in check.items() if k not in ("met", "points")}
-                print(f"  {name}: {'met' if check['met'] else 'MISSED'} {detail}")
-                for point in check.get("points", []):
-                    if not point["met"]:
-                        print(f"    below {point['codec']}: {point}")
-        print(flush=True)
+        if not (args.val / "labels.tsv").is_file():
+            print(f"{model}: no validation set at {args.val} (--val DIR; see ../shared/photos): skipped\n")
+        elif measure(model, args.out / f"rate_accuracy_{model}-val", args.val, "validation", args.limit):
+            return 1
     return 0
 
 
