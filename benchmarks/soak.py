@@ -28,7 +28,7 @@ from collections import Counter
 from pathlib import Path
 
 from splitserve.data.samples import load_sample
-from splitserve.device_client.client import AsyncSplitClient
+from splitserve.device_client.client import AsyncSplitClient, ClientOptions
 from splitserve.simulator.experiment import free_port
 from splitserve.simulator.link import LinkConfig
 from splitserve.simulator.proxy import LinkProxy
@@ -81,8 +81,8 @@ class Server:
 
 
 async def device(i: int, address: str, args, images, end: float, outcomes: dict, sent: Counter) -> None:
-    async with AsyncSplitClient(address, args.model, deadline_ms=args.deadline_ms, policy=None,
-                                connect_timeout=120, max_backoff_s=1.0) as client:  # fmt: skip
+    options = ClientOptions(deadline_ms=args.deadline_ms, policy=None, connect_timeout=120, max_backoff_s=1.0)
+    async with AsyncSplitClient(address, args.model, options) as client:
         tasks = []
         n = 0
         t0 = time.monotonic()

@@ -63,7 +63,7 @@ def test_webrtc_paces_to_the_estimate_and_drops_frames_that_would_miss_their_dea
             warm = await client.infer(images[0], deadline_ms=5000)  # the first result tells the frame's size
             wire = client.transport.wire_bytes(client_frame(client, warm))
             rate = 8.0 * 2 * client.transport.copies * wire / 1.25  # 0.5 s per frame (and its redundant copy)
-            client._conn.rate = lambda: rate  # as if the bandwidth monitor estimated this rate
+            client.supervisor.conn.rate = lambda: rate  # as if the bandwidth monitor estimated this rate
             return warm, await asyncio.gather(*(client.infer(images[i], deadline_ms=1200) for i in range(1, 5)))
         finally:
             await client.close()

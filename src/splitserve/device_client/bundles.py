@@ -15,6 +15,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import grpc
+
+from splitserve.device_client.errors import ClientError
 from splitserve.models.coding import CodingBundle
 from splitserve.models.manifest import MANIFEST, BundleError, is_device_file
 from splitserve.models.zoo import find_bundle
@@ -120,3 +123,23 @@ def local_bundle(model: str, version: str = "") -> CodingBundle | None:
         if (cached / MANIFEST).is_file():
             return CodingBundle.load(cached, verify="device")
     return None
+
+
+async def device_bundle(stub: pb_grpc.EdgeInferenceStub, model: str, version: str, fetch: bool,
+                        metadata: tuple) -> CodingBundle:  # fmt: skip
+    """The bundle the device runs: installed here, or (``fetch``, or none installed) downloaded from the server.
+
+    Raises ``ClientError`` saying what to check; a damaged local copy is never fallen back on silently.
+    """
+    try:
+        bundle = None if fetch else local_bundle(model, version)
+    except BundleError as exc:
+        raise ClientError(f"the bundle of {model!r} on this device is unusable: {exc}") from None
+    if bundle is not None:
+        return bundle
+    try:
+        return await fetch_device_files(stub, model, version, metadata)
+    except grpc.aio.AioRpcError as exc:
+        raise ClientError(f"cannot fetch the head of {model!r}: {exc.details()}") from None
+    except BundleError as exc:  # what the server sent is unsafe or corrupt: nothing was used
+        raise ClientError(f"cannot fetch the head of {model!r}: {exc}") from None

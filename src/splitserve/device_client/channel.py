@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import ssl
@@ -9,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+
+from splitserve.device_client.errors import ClientError
 
 # Every channel's gRPC options. Keepalive: mobile links drop idle NAT mappings within minutes and
 # roam between networks, so ping often enough to keep the stream's mapping alive and to notice a
@@ -134,3 +137,14 @@ def explain_tls_failure(settings: ChannelSettings, timeout: float = 3.0) -> str:
     finally:
         sock.close()
     return "the TLS handshake succeeds; the server may not speak gRPC on this port"
+
+
+async def reach(channel: grpc.aio.Channel, settings: ChannelSettings, timeout: float) -> None:
+    """Wait until the channel is ready; ClientError saying why not (for TLS, what the handshake says)."""
+    try:
+        await asyncio.wait_for(channel.channel_ready(), timeout)
+    except TimeoutError:
+        why = ""
+        if settings.uses_tls:  # gRPC only says "not ready": find out what the handshake says
+            why = ": " + await asyncio.to_thread(explain_tls_failure, settings)
+        raise ClientError(f"cannot reach the edge server at {settings.target} within {timeout:.0f} s{why}") from None

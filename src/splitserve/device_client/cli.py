@@ -150,18 +150,19 @@ def transport_options(args: argparse.Namespace) -> dict:
 async def run(args: argparse.Namespace) -> int:
     from splitserve.data.samples import load_sample
     from splitserve.device_client.channel import ChannelSettings
-    from splitserve.device_client.client import AsyncSplitClient, ClientError
+    from splitserve.device_client.client import AsyncSplitClient, ClientError, ClientOptions
 
     settings = ChannelSettings(
         target=args.server, token=args.token, tls=args.tls, ca_cert=args.ca_cert,
         client_cert=args.client_cert, client_key=args.client_key, server_name=args.server_name,
     )  # fmt: skip
-    client = AsyncSplitClient(
-        args.server, args.model, version=args.version, channel=settings, fetch=args.fetch, codec=args.codec,
-        width=args.width, policy=args.policy, deadline_ms=args.deadline_ms, image_quality=args.quality,
-        slowdown=args.slowdown, connect_timeout=args.connect_timeout, runtime=args.runtime, transport=args.transport,
+    options = ClientOptions(
+        version=args.version, channel=settings, fetch=args.fetch, codec=args.codec, width=args.width,
+        policy=args.policy, deadline_ms=args.deadline_ms, image_quality=args.quality, slowdown=args.slowdown,
+        connect_timeout=args.connect_timeout, runtime=args.runtime, transport=args.transport,
         transport_options=transport_options(args),
     )  # fmt: skip
+    client = AsyncSplitClient(args.server, args.model, options)
     try:
         await client.connect()
     except (ClientError, FileNotFoundError, ValueError) as exc:

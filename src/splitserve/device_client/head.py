@@ -8,7 +8,9 @@ codec codes what either computes into the same bytes.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -75,3 +77,43 @@ class HeadRunner:
         logits = self.runtime.logits(frame).astype(np.float64)
         scores = np.exp(logits - logits.max())
         return (scores / scores.sum()).astype(np.float32), (time.perf_counter() - t0) * 1e3
+
+
+class DeviceCompute:
+    """A HeadRunner on its own thread, as a device's one head runs frames one at a time; with an emulated slowdown.
+
+    ``slowdown`` > 1 makes every head and local inference take that many times as long (the extra time is
+    slept, not computed), so a fast machine can stand in for a phone or a Pi.
+    """
+
+    def __init__(self, runner: HeadRunner, slowdown: float = 1.0, image_quality: int = 75) -> None:
+        self.runner = runner
+        self.slowdown = max(1.0, float(slowdown))
+        self.image_quality = image_quality
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="head")
+
+    async def encode(self, image: np.ndarray | torch.Tensor, codec: str, width: int) -> EncodedFrame:
+        loop = asyncio.get_running_loop()
+        enc = await loop.run_in_executor(self._pool, self.runner.encode, image, codec, width, self.image_quality)
+        enc.head_ms += await self._slow_down(enc.head_ms)
+        return enc
+
+    async def infer_whole(self, image: np.ndarray | torch.Tensor) -> tuple[np.ndarray, float]:
+        """(softmax scores, compute ms) of the whole model on this device."""
+        scores, ms = await asyncio.get_running_loop().run_in_executor(self._pool, self.runner.infer_whole, image)
+        return scores, ms + await self._slow_down(ms)
+
+    async def _slow_down(self, ms: float) -> float:
+        extra = ms * (self.slowdown - 1)
+        if extra > 0:
+            await asyncio.sleep(extra / 1e3)
+        return extra
+
+    def local_ms(self, repeat: int = 5) -> float:
+        """Local-only inference time on this device (slowdown applied), for the policy's fallback."""
+        frame = np.zeros(self.runner.bundle.input.image_shape, dtype=np.uint8)
+        self.runner.infer_whole(frame)
+        return float(np.median([self.runner.infer_whole(frame)[1] for _ in range(repeat)])) * self.slowdown
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)

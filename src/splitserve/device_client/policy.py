@@ -239,3 +239,22 @@ def make_policy(spec: str, costs: Sequence[WidthCost], local_ms: float | None = 
             raise ValueError(f"policy {spec!r}: widths are 0..{len(costs) - 1}")
         return FixedPolicy(width)
     raise ValueError(f"unknown policy {spec!r}; use fixed:W, adaptive or local")
+
+
+def policy_for_bundle(spec: str | Policy | None, widths: Sequence[dict], overheads: Sequence[int],
+                      slowdown: float = 1.0, local_ms: float | None = None) -> Policy | None:  # fmt: skip
+    """The policy a client runs: ``spec`` as given (None, a Policy), or built from the manifest's widths.
+
+    ``overheads``: each width's bytes on the link besides its payload (the Frame around it).
+    """
+    if spec is None or isinstance(spec, Policy):
+        return spec
+    costs = [
+        WidthCost(
+            bytes=float(w.get("bytes_mean") or 1000.0) + overhead,
+            head_ms=float(w.get("head_ms") or 1.0) * slowdown,
+            accuracy=manifest_accuracy(w),
+        )
+        for w, overhead in zip(widths, overheads, strict=True)
+    ]
+    return make_policy(spec, costs, local_ms)
