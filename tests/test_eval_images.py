@@ -109,9 +109,14 @@ def test_eval_cli_errors_are_one_line(tmp_path):
     assert proc.returncode == 2 and "no such directory" in proc.stderr and "Traceback" not in proc.stderr
     root = _write_folder(tmp_path / "set", n=1)
     (root / "labels.tsv").unlink()
+    (root / "img_0.JPEG").unlink()  # without a labels.tsv a folder is read as photos: here there are none
     proc = subprocess.run([str(BIN / "splitserve"), "eval", "--model", "lite0-imagenet", "--images", str(root)],
                           capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert proc.returncode == 2 and "no labels.tsv" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "no images" in proc.stderr and "Traceback" not in proc.stderr
+    (root / "labels.tsv").write_text("file\tindex\twnid\tname\nimg_9.JPEG\t1\tn\tx\n")
+    proc = subprocess.run([str(BIN / "splitserve"), "eval", "--model", "lite0-imagenet", "--images", str(root)],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 2 and "not found" in proc.stderr and "Traceback" not in proc.stderr
     proc = subprocess.run([str(BIN / "splitserve"), "eval", "--model", "fmnist-split", "--images", str(root)],
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 2 and "RGB" in proc.stderr

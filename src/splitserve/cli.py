@@ -122,7 +122,7 @@ def _folder_eval_data(bundle, root: str, limit: int, include_trained: bool):  # 
     channels, height, width = bundle.input.shape
     if channels != 3 or height != width:
         raise ValueError(f"--images needs a model with square RGB input; {bundle.name} takes {bundle.input.shape}")
-    if not (Path(root) / labelled.LABELS_FILE).is_file():
+    if Path(root).is_dir() and not (Path(root) / labelled.LABELS_FILE).is_file():
         return _unlabelled_eval_data(root, height, limit)
     return _labelled_eval_data(bundle, root, height, limit, include_trained)
 
