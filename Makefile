@@ -13,7 +13,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 TORCH_INDEX ?=
 FMNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 
-.PHONY: install datasets demo test lint bench clean
+.PHONY: install datasets demo test check lint bench clean
 
 $(BIN)/edge-server: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ demo: install
 # Progress per test file, and a summary of every skip with its reason at the end.
 test: install datasets
 	$(BIN)/python -m pytest -rs --durations=15
+
+# The fast set, for feedback while editing: in-process tests only (no edge-server or other
+# process, no training run, no simulate run); `make test` runs everything.
+check: install
+	$(BIN)/python -m pytest -q -m "not slow and not e2e" --durations=10
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks scripts

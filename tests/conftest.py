@@ -100,3 +100,10 @@ def fmnist_half(fmnist, tmp_path_factory):
     tables = [fmnist.entropy_tables(w) for w in range(fmnist.student.widths)]
     out = tmp_path_factory.mktemp("half") / fmnist.name / fmnist.version
     return write_bundle(out, manifest, states, tables, weights="float16")
+
+
+def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def]
+    """A test that starts an edge-server process is end-to-end, whether or not it says so (`make check` skips it)."""
+    for item in items:
+        if "start_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.e2e)

@@ -144,6 +144,7 @@ def test_every_width_runs_and_narrow_sends_fewer_bytes(fmnist):
     assert sizes == sorted(sizes)
 
 
+@pytest.mark.slow
 def test_lite0_camera_model_runs_every_width_on_shipped_photos():
     """The 224 x 224 bundle the simulator uses by default: loads offline, every width codes and classifies."""
     from splitserve.data.samples import load_sample

@@ -141,6 +141,7 @@ def test_analytic_model_agrees_with_the_emulated_run(tmp_path):
         assert a_link == pytest.approx(e_link, rel=0.2, abs=10), e["name"]
 
 
+@pytest.mark.slow
 def test_sweep_names_crossovers(tmp_path):
     result, stdout = run_simulate(
         tmp_path, "sweep", "--model", "fmnist-split", "--bandwidth", "0.02mbps..20mbps", "--points", "8",
@@ -154,6 +155,7 @@ def test_sweep_names_crossovers(tmp_path):
     assert "crossover" in stdout or not result["crossovers"]
 
 
+@pytest.mark.slow
 def test_bad_arguments_are_clear(tmp_path):
     for args, message in (
         (["--bandwidth", "fast"], "cannot read bandwidth"),

@@ -19,6 +19,7 @@ needs_netns = pytest.mark.skipif(
 FRAMES = 120
 
 
+@pytest.mark.slow
 def test_webrtc_without_netns_is_refused_with_the_reason():
     """The userspace proxy relays TCP: ICE would carry the datachannel around the emulated link."""
     for transports, why in (("webrtc", "needs --netns"), ("grpc,quic", "unknown transport 'quic'")):

@@ -62,6 +62,7 @@ def smoke(tmp_path_factory):
     return root, cfg, bundle
 
 
+@pytest.mark.slow
 def test_smoke_training_learns_and_writes_a_working_bundle(smoke):
     root, cfg, bundle = smoke
     history = bundle.manifest["training"]["history"]
@@ -81,6 +82,7 @@ def test_smoke_training_learns_and_writes_a_working_bundle(smoke):
         assert loaded.widths[w]["bytes_mean"] > 0 and 0 <= loaded.widths[w]["accuracy"] <= 1
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_and_resumable(smoke, tmp_path):
     root, cfg, bundle = smoke
     again = train(cfg, tmp_path / "models", tmp_path / "work", progress=False)
@@ -96,6 +98,7 @@ def test_training_is_deterministic_and_resumable(smoke, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_a_resume_at_a_phase_boundary_trains_as_a_fresh_run(smoke, tmp_path):
     # a run stopped right after stage 1's last epoch, then resumed, makes the bundle an
     # uninterrupted run makes (stage 2 draws the same random streams either way)
@@ -113,6 +116,7 @@ def test_a_resume_at_a_phase_boundary_trains_as_a_fresh_run(smoke, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ema", [0.0, 0.9])
 def test_a_resume_within_a_stage2_cycle_trains_as_an_uninterrupted_run(smoke, tmp_path, monkeypatch, ema):
     # stopped mid-cycle: a resumed run must go on along the same cosine and restart it at the
@@ -138,6 +142,7 @@ def test_a_resume_within_a_stage2_cycle_trains_as_an_uninterrupted_run(smoke, tm
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_the_bundle_gets_stage2s_weight_average(smoke, tmp_path):
     root, _, plain = smoke
     cfg = load_config(root / "smoke.toml")
@@ -184,6 +189,7 @@ def soup(smoke, tmp_path_factory):
     return out, cfg, bundle
 
 
+@pytest.mark.slow
 def test_stage2_members_ship_the_average_of_their_weights(smoke, soup, tmp_path, monkeypatch):
     root, _, plain = smoke
     out, _, bundle = soup
@@ -221,6 +227,7 @@ def test_stage2_members_ship_the_average_of_their_weights(smoke, soup, tmp_path,
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("epoch", [0, 1])
 def test_a_resume_within_the_second_member_makes_the_same_soup(soup, tmp_path, epoch):
     out, cfg, bundle = soup
@@ -231,6 +238,7 @@ def test_a_resume_within_the_second_member_makes_the_same_soup(soup, tmp_path, e
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_a_soup_does_not_train_on_with_more_cycles(soup, tmp_path):
     out, cfg, _ = soup
     longer = copy.deepcopy(cfg)
@@ -239,6 +247,7 @@ def test_a_soup_does_not_train_on_with_more_cycles(soup, tmp_path):
         train(longer, tmp_path / "models", out / "work", resume=True, progress=False)
 
 
+@pytest.mark.slow
 def test_a_finished_run_trains_on_with_more_cycles_as_if_they_were_planned(smoke, tmp_path):
     root, _, _ = smoke
     longer = load_config(root / "smoke.toml")
@@ -267,6 +276,7 @@ def test_a_finished_run_trains_on_with_more_cycles_as_if_they_were_planned(smoke
             train(other, tmp_path / "m2", tmp_path / "w1", resume=True, progress=False)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_older_than_a_config_key_resumes_with_its_default(smoke, tmp_path):
     # [stage2] ema came after checkpoints that lack it: they were trained without averaging,
     # which is its default, so they resume; asking for averaging is a different run
@@ -285,6 +295,7 @@ def test_a_checkpoint_older_than_a_config_key_resumes_with_its_default(smoke, tm
         train(averaged, tmp_path / "other", tmp_path / "work", resume=True, progress=False)
 
 
+@pytest.mark.slow
 def test_a_finished_run_rewrites_its_bundle_at_half_precision(smoke, tmp_path):
     # model.weights changes how the bundle is stored, not what is trained: a resume accepts it
     root, cfg, bundle = smoke
@@ -301,6 +312,7 @@ def test_a_finished_run_rewrites_its_bundle_at_half_precision(smoke, tmp_path):
     assert out.widths[-1]["bytes_mean"] > 0  # measured again, with the rounded weights
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_different_config(smoke):
     root, cfg, _ = smoke
     cfg2 = load_config(root / "smoke.toml")
@@ -340,6 +352,7 @@ def test_stage2_lr_anneals_each_cycle_and_restarts():
     assert all(a > b for a, b in zip(lrs[:9], lrs[1:10], strict=True))
 
 
+@pytest.mark.slow
 def test_train_cli(tmp_path):
     (tmp_path / "smoke.toml").write_text(
         SMOKE.replace("epochs = 2\nbatch_size = 64\nnormalize", "epochs = 1\nbatch_size = 64\nnormalize")
@@ -356,6 +369,7 @@ def test_train_cli(tmp_path):
     assert bad.returncode == 2 and "not found" in bad.stderr
 
 
+@pytest.mark.slow
 def test_eval_cli_json_schema(tmp_path, fmnist):
     out = tmp_path / "eval.json"
     proc = subprocess.run(
@@ -377,6 +391,7 @@ def test_eval_cli_json_schema(tmp_path, fmnist):
     assert "teacher (unsplit" in proc.stdout
 
 
+@pytest.mark.slow
 def test_a_student_on_the_teachers_prefix_trains_on_new_views_every_epoch(tmp_path):
     # [student] prefix with [stage1] cache = 0: the frozen prefix and the teacher run once per
     # view (FreshTargets) and both stages train on views drawn anew every epoch

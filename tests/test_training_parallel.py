@@ -2,6 +2,7 @@
 
 import subprocess
 
+import pytest
 import torch
 from conftest import BIN
 from test_training import SMOKE
@@ -43,6 +44,7 @@ def test_shards_are_disjoint_complete_and_equal_in_count():
     assert len(flat) == len(set(flat)) == 90
 
 
+@pytest.mark.slow
 def test_torchrun_two_gloo_processes_train_one_bundle(tmp_path):
     cfg = SMOKE.replace("epochs = 2\nbatch_size = 64\nnormalize", "epochs = 1\nbatch_size = 64\nnormalize")
     (tmp_path / "smoke.toml").write_text(cfg)
