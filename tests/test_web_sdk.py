@@ -1,0 +1,90 @@
+"""The browser SDK (clients/web): built with esbuild, unit-tested with node's test runner against golden
+vectors this test writes from the Python side, so the TypeScript encoder must give the very bytes the
+server decodes."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from splitserve.codecs import ans
+from splitserve.codecs.entropic import EntropicEncoder, EntropyTables
+from splitserve.models.zoo import load
+
+WEB = Path(__file__).resolve().parents[1] / "clients" / "web"
+pytestmark = pytest.mark.skipif(shutil.which("node") is None or shutil.which("npm") is None,
+                                reason="node and npm are needed for the browser SDK (apt-get install nodejs npm)")
+
+
+@pytest.fixture(scope="module")
+def built():
+    """Install the package's build tools (the npm registry) once, and build it."""
+    if not (WEB / "node_modules" / ".bin" / "esbuild").exists():
+        proc = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=WEB, capture_output=True, text=True,
+                              timeout=600)  # fmt: skip
+        if proc.returncode != 0:
+            pytest.skip(f"npm ci failed (no registry?): {proc.stderr.strip().splitlines()[-1:]}")
+    proc = subprocess.run(["npm", "run", "build"], cwd=WEB, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return WEB / "dist" / "splitserve.js"
+
+
+def _ans_case(name, probabilities, rng, per_row):
+    cdfs = [ans.quantized_cdf(p) for p in probabilities]
+    symbols = np.stack([rng.choice(len(p), per_row, p=p / p.sum()) for p in probabilities])
+    return {"name": name, "probabilities": [p.tolist() for p in probabilities], "cdfs": cdfs,
+            "symbols": symbols.reshape(-1).tolist(), "payload": ans.encode(symbols, cdfs).hex()}  # fmt: skip
+
+
+def _entropic_case(name, tables, shape, rng):
+    encoder = EntropicEncoder(tables, shape)
+    lows = (tables.medians + tables.offsets).astype(np.float32)
+    spans = np.array([len(f) for f in tables.freqs], dtype=np.float32)
+    # features across each table and past both its ends (clamped), a few exactly on .5 (ties)
+    features = (lows[:, None] + rng.uniform(-3, spans[:, None] + 3, (shape[0], shape[1] * shape[2])))
+    features[:, :4] = np.round(features[:, :4]) + 0.5
+    features = features.astype(np.float32).reshape(shape)
+    return {"name": name, "shape": list(shape), "medians": tables.medians.astype(float).tolist(),
+            "offsets": tables.offsets.tolist(), "freqs": [f.tolist() for f in tables.freqs],
+            "features": features.reshape(-1).astype(float).tolist(),
+            "symbols": encoder.quantize(features).reshape(-1).tolist(), "payload": encoder.encode(features).hex()}  # fmt: skip
+
+
+def golden_vectors(rng: np.random.Generator) -> dict:
+    cases = []
+    for n in (2, 3, 17, 255, 4000):  # alphabet sizes, skewed and flat, with symbols of tiny probability
+        p = rng.dirichlet(np.full(n, 0.3))
+        p[rng.integers(n)] = 1e-12
+        cases.append(_ans_case(f"random, {n} symbols", [p, rng.random(n) + 1e-3], rng, 300))
+    cases.append(_ans_case("long stream", [rng.dirichlet(np.ones(40)) for _ in range(6)], rng, 5000))
+    entropic = []
+    for model in ("fmnist-split", "lite0-imagenet"):
+        bundle = load(model)
+        for w in range(bundle.student.widths):
+            shape = tuple(bundle.latent_shape(w))
+            entropic.append(_entropic_case(f"{model} width {w}", bundle.entropy_tables(w), shape, rng))
+    return {"ans": cases, "entropic": entropic}
+
+
+def test_the_typescript_encoder_gives_the_python_encoders_bytes(built, tmp_path):
+    path = tmp_path / "golden.json"
+    path.write_text(json.dumps(golden_vectors(np.random.default_rng(0))))
+    proc = subprocess.run(["node", "--test", "test/"], cwd=WEB, capture_output=True, text=True, timeout=600,
+                          env={"PATH": str(Path(shutil.which("node")).parent), "SPLITSERVE_GOLDEN": str(path)})  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "# fail 0" in proc.stdout and "# skipped 0" in proc.stdout
+
+
+def test_the_python_encoders_agree_on_the_golden_vectors():
+    """The vectors themselves: Python's own encoder gives constriction's bytes on them (where it is installed)."""
+    constriction = pytest.importorskip("constriction")
+    vectors = golden_vectors(np.random.default_rng(1))
+    for case in vectors["ans"]:
+        coder = constriction.stream.stack.AnsCoder()
+        symbols = np.array(case["symbols"], dtype=np.int32).reshape(len(case["probabilities"]), -1)
+        for row, p in zip(symbols[::-1], case["probabilities"][::-1], strict=True):
+            coder.encode_reverse(row, constriction.stream.model.Categorical(np.array(p), perfect=False))
+        assert coder.get_compressed().astype("<u4").tobytes().hex() == case["payload"], case["name"]
