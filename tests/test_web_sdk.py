@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from splitserve.codecs import ans
-from splitserve.codecs.entropic import EntropicEncoder, EntropyTables
+from splitserve.codecs.entropic import EntropicEncoder
 from splitserve.models.zoo import load
 
 WEB = Path(__file__).resolve().parents[1] / "clients" / "web"
@@ -50,7 +50,8 @@ def _entropic_case(name, tables, shape, rng):
     return {"name": name, "shape": list(shape), "medians": tables.medians.astype(float).tolist(),
             "offsets": tables.offsets.tolist(), "freqs": [f.tolist() for f in tables.freqs],
             "features": features.reshape(-1).astype(float).tolist(),
-            "symbols": encoder.quantize(features).reshape(-1).tolist(), "payload": encoder.encode(features).hex()}  # fmt: skip
+            "symbols": encoder.quantize(features).reshape(-1).tolist(),
+            "payload": encoder.encode(features).hex()}  # fmt: skip
 
 
 def golden_vectors(rng: np.random.Generator) -> dict:
@@ -72,8 +73,8 @@ def golden_vectors(rng: np.random.Generator) -> dict:
 def test_the_typescript_encoder_gives_the_python_encoders_bytes(built, tmp_path):
     path = tmp_path / "golden.json"
     path.write_text(json.dumps(golden_vectors(np.random.default_rng(0))))
-    proc = subprocess.run(["node", "--test", "test/"], cwd=WEB, capture_output=True, text=True, timeout=600,
-                          env={"PATH": str(Path(shutil.which("node")).parent), "SPLITSERVE_GOLDEN": str(path)})  # fmt: skip
+    env = {"PATH": str(Path(shutil.which("node")).parent), "SPLITSERVE_GOLDEN": str(path)}
+    proc = subprocess.run(["node", "--test", "test/"], cwd=WEB, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "# fail 0" in proc.stdout and "# skipped 0" in proc.stdout
 
