@@ -3,6 +3,7 @@
 edge-server --port 50051                       # the bundled models, CUDA if present
 edge-server --models /srv/models --device cuda --max-batch 64 --metrics-port 9100
 edge-server --workers 4 --device cuda          # four processes on one port feeding one GPU
+edge-server --http-port 8443 --tls-cert c.pem --tls-key k.pem   # browsers too: WHIP + bundles
 edge-server --config server.toml               # any flag, as TOML keys
 """
 
@@ -45,6 +46,12 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "tls_cert": (str, "PEM server certificate (enables TLS)"),
     "tls_key": (str, "PEM server private key"),
     "tls_client_ca": (str, "PEM CA for client certificates (enables mutual TLS)"),
+    "http_port": (
+        int,
+        "serve browsers over HTTP(S) on this port: WebRTC signalling (WHIP, POST /v1/whip) and the model "
+        "bundles (GET /v1/bundles/...); TLS and tokens as for gRPC (default 0: off)",
+    ),
+    "max_offer_bytes": (int, "largest SDP offer POST /v1/whip accepts (default 65536)"),
     "metrics_port": (int, "serve Prometheus /metrics on this port (default 0: off)"),
     "metrics_host": (str, "address for the metrics endpoint (default 0.0.0.0)"),
     "log_format": (str, "text | json"),
@@ -59,6 +66,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML file with any of the settings below")
     for name, (kind, text) in _FLAGS.items():
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=text)
+    p.add_argument(
+        "--cors-origin",
+        dest="cors_origins",
+        action="append",
+        default=None,
+        metavar="ORIGIN",
+        help="let pages from this origin (scheme://host[:port]) use the HTTP API; repeatable (default: none)",
+    )
     p.add_argument(
         "--private-health",
         dest="public_health",

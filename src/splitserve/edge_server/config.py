@@ -58,6 +58,10 @@ class ServerConfig:
     tls_key: str = ""
     tls_client_ca: str = ""  # require client certificates signed by this CA (mutual TLS)
     public_health: bool = True  # health + reflection reachable without a token
+    # HTTP for browsers: WHIP signalling and the bundles (0 = off); same --host and TLS as gRPC
+    http_port: int = 0
+    cors_origins: list[str] = field(default_factory=list)  # origins whose pages may call the HTTP API
+    max_offer_bytes: int = 64 * 1024
     # observability
     metrics_port: int = 0  # 0 = no metrics endpoint
     metrics_host: str = "0.0.0.0"
@@ -71,6 +75,13 @@ class ServerConfig:
         for name in ("max_message_bytes", "max_frame_bytes", "max_inflight_per_stream", "max_streams"):
             if getattr(self, name) < 1:
                 raise ServerConfigError(f"{name} must be >= 1")
+        if not 0 <= self.http_port < 65536:
+            raise ServerConfigError(f"http_port must be within 0..65535 (0: off), got {self.http_port}")
+        if self.max_offer_bytes < 1024:
+            raise ServerConfigError(f"max_offer_bytes must be >= 1024, got {self.max_offer_bytes}")
+        for origin in self.cors_origins:
+            if not origin.startswith(("http://", "https://")) or origin.count("/") != 2:
+                raise ServerConfigError(f"cors_origins: {origin!r} is not an origin (scheme://host[:port])")
         if self.max_tags_bytes < 0:
             raise ServerConfigError(f"max_tags_bytes must be >= 0, got {self.max_tags_bytes}")
         if self.max_frame_bytes > self.max_message_bytes:

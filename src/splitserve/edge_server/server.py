@@ -126,6 +126,7 @@ class EdgeServer:
             self.interceptors.append(TokenAuthInterceptor(tokens, cfg.public_health))
             log.info("bearer-token auth on (%d tokens%s)", len(tokens), "; health public" if cfg.public_health else "")
         self.server: grpc.aio.Server | None = None
+        self.http = None  # HttpFrontend, with --http-port
         self.port = cfg.port
         self._stopped = asyncio.Event()
         self._poller: asyncio.Task | None = None
@@ -160,6 +161,8 @@ class EdgeServer:
         t1 = time.perf_counter()
         await self.server.start()
         grpc_s = time.perf_counter() - t1
+        if self.cfg.http_port:
+            await self._start_http(tokens=load_tokens(self.cfg.tokens) if self.cfg.tokens else None)
         if self.metrics is not None and self.serve_metrics:
             self.metrics.serve(self.cfg.metrics_port, self.cfg.metrics_host)
             log.info("metrics on http://%s:%d/metrics", self.cfg.metrics_host, self.cfg.metrics_port)
@@ -176,6 +179,17 @@ class EdgeServer:
             )  # fmt: skip
         for warning in exposure_warnings(self.cfg):
             log.warning("%s", warning)
+
+    async def _start_http(self, tokens: dict[str, str] | None) -> None:
+        from splitserve.edge_server.http import HttpFrontend, ssl_context
+
+        if self.service.webrtc is None:
+            raise RuntimeError("--http-port serves WebRTC peers: pip install 'splitserve[webrtc]'")
+        self.http = HttpFrontend(self.service, tokens, self.cfg.cors_origins, self.cfg.max_offer_bytes)
+        context = ssl_context(self.cfg.tls_cert, self.cfg.tls_key) if self.cfg.tls_cert else None
+        port = await self.http.start(self.cfg.host, self.cfg.http_port, context)
+        log.info("HTTP%s for browsers on %s:%d (WHIP at /v1/whip, bundles at /v1/bundles/)",
+                 "S" if context else "", self.cfg.host, port)  # fmt: skip
 
     def _tls_credentials(self) -> grpc.ServerCredentials | None:
         if not self.cfg.tls_cert:
@@ -215,6 +229,8 @@ class EdgeServer:
         except TimeoutError:
             log.warning("drain timeout: %d streams still open", len(self.service.sessions))
         await self.server.stop(grace=2.0)
+        if self.http is not None:
+            await self.http.stop()
         if self.service.webrtc is not None:
             await self.service.webrtc.close()
         for batcher in self.repository.batchers():

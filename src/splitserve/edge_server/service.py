@@ -98,10 +98,12 @@ class EdgeInferenceService(pb_grpc.EdgeInferenceServicer):
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, f"this server already has {len(self.sessions)} streams open"
             )
-        from splitserve.edge_server.webrtc import SignalError
+        from splitserve.edge_server.webrtc import SignalError, StreamsExhausted
 
-        try:
+        try:  # the peer counts toward --max-streams before anything is awaited: no burst overshoots it
             return await self.webrtc.answer(request)
+        except StreamsExhausted as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except SignalError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -46,6 +47,10 @@ def _nothing() -> None:
 
 class SignalError(ValueError):
     """The offer cannot be answered; the message says why (it goes back as INVALID_ARGUMENT)."""
+
+
+class StreamsExhausted(RuntimeError):
+    """Not now: the server is draining, or has --max-streams sessions open (UNAVAILABLE, HTTP 503)."""
 
 
 class Peer:
@@ -137,6 +142,7 @@ class Peer:
         """No more frames will come (the channel or the connection closed): answer what is held, then stop."""
         if not self._ended:
             self._ended = True
+            self.opened.set()  # a peer ended before it opened its channels stops waiting for them
             try:
                 self._frames.put_nowait(_END)
             except asyncio.QueueFull:  # the session is not reading: nothing queued can be answered in time
@@ -154,21 +160,32 @@ class WebRTCPeers:
 
     def __init__(self, service) -> None:  # type: ignore[no-untyped-def]  # EdgeInferenceService
         self.service = service
-        self.peers: set[Peer] = set()
+        self.peers: dict[str, Peer] = {}
         self.max_message_bytes = 4 * 1024 * 1024
 
     def __len__(self) -> int:
         return len(self.peers)
 
     async def answer(self, offer: pb.PeerOffer) -> pb.PeerAnswer:
+        return (await self.offer(offer))[0]
+
+    async def offer(self, offer: pb.PeerOffer) -> tuple[pb.PeerAnswer, str]:
+        """Answer an SDP offer with a new peer: (the answer, the peer's id for ``end``)."""
+        service = self.service
+        if service.draining.is_set():
+            raise StreamsExhausted("the server is shutting down")
+        if service.max_streams is not None and len(service.sessions) >= service.max_streams:
+            raise StreamsExhausted(f"this server already has {len(service.sessions)} streams open")
         if offer.type != "offer":
             raise SignalError(f"expected an SDP offer, got type {offer.type!r}")
         if "m=application" not in offer.sdp:
             raise SignalError("the offer has no datachannel (m=application) section")
+        session = StreamSession(service.pipeline, service.max_inflight, service.draining)
+        # counted from here, before the first await: a burst of offers cannot overshoot --max-streams
+        service.sessions.add(session)
         # no STUN or TURN servers: the device reaches the server directly (aiortc would ask Google's STUN)
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        session = StreamSession(self.service.pipeline, self.service.max_inflight, self.service.draining)
-        metrics = self.service.metrics
+        metrics = service.metrics
         count = metrics.transport_frames.labels(TRANSPORT).inc if metrics is not None else _nothing
         peer = Peer(pc, session, self.max_message_bytes, count)
         pc.on("datachannel", peer.attach)
@@ -181,18 +198,31 @@ class WebRTCPeers:
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
             await pc.setLocalDescription(await pc.createAnswer())
-        except (ValueError, AssertionError, KeyError, IndexError) as exc:  # aiortc's SDP parser raises these
+        except (ValueError, AssertionError, KeyError, IndexError, TypeError) as exc:  # aiortc's SDP parser raises these
+            service.sessions.discard(session)
             await pc.close()
             raise SignalError(f"cannot use the SDP offer: {exc or type(exc).__name__}") from None
-        self.peers.add(peer)
-        self.service.sessions.add(session)  # counts toward --max-streams and the drain from now on
+        except BaseException:
+            service.sessions.discard(session)
+            await pc.close()
+            raise
+        peer_id = secrets.token_urlsafe(12)
+        self.peers[peer_id] = peer
         if metrics is not None:
             metrics.streams.labels(TRANSPORT).inc()
-        peer.task = asyncio.create_task(self._run(peer), name="webrtc-peer")  # held: the loop keeps weak refs
+        peer.task = asyncio.create_task(self._run(peer_id, peer), name="webrtc-peer")  # held: the loop keeps weak refs
         local = pc.localDescription
-        return pb.PeerAnswer(sdp=local.sdp, type=local.type, max_inflight=self.service.max_inflight)
+        return pb.PeerAnswer(sdp=local.sdp, type=local.type, max_inflight=service.max_inflight), peer_id
 
-    async def _run(self, peer: Peer) -> None:
+    async def end(self, peer_id: str) -> bool:
+        """End one peer (WHIP's DELETE): what it sent is answered first; False if there is no such peer."""
+        peer = self.peers.get(peer_id)
+        if peer is None:
+            return False
+        peer.end()
+        return True
+
+    async def _run(self, peer_id: str, peer: Peer) -> None:
         service = self.service
         metrics = service.metrics
         started = time.monotonic()
@@ -207,13 +237,13 @@ class WebRTCPeers:
             log.exception("WebRTC peer failed")
         finally:
             service.sessions.discard(peer.session)
-            self.peers.discard(peer)
+            self.peers.pop(peer_id, None)
             if metrics is not None:
                 metrics.streams.labels(TRANSPORT).dec()
             await peer.pc.close()
             log.debug("WebRTC peer closed after %.1f s, %d frames", time.monotonic() - started, peer.frames_read)
 
     async def close(self) -> None:
-        for peer in list(self.peers):
+        for peer in list(self.peers.values()):
             peer.end()
             await peer.pc.close()

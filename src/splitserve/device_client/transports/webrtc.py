@@ -163,7 +163,9 @@ class WebRTCTransport(Transport):
     ``deadline_ms`` (the client's frame deadline) is the default lifetime of a frame on the
     link; ``frame_lifetime_ms`` / ``frame_retransmits`` override it (0 retransmits: fire and
     forget), and ``results_*`` set the results channel (default: unordered, reliable); ``copies=1``
-    turns off the redundant copy of small frames.
+    turns off the redundant copy of small frames. ``whip``: the URL of the server's WHIP endpoint
+    (``edge-server --http-port``: ``http(s)://host:port/v1/whip``), to signal over HTTP as a browser
+    does instead of the ``Signal`` RPC; the token goes along the same way.
     """
 
     name = "webrtc"
@@ -185,6 +187,7 @@ class WebRTCTransport(Transport):
         max_buffered: int = 64 * 1024,
         copies: int = 2,
         open_timeout: float = 15.0,
+        whip: str | None = None,
     ) -> None:
         if frame_lifetime_ms is not None and frame_retransmits is not None:
             raise ValueError("set frame_lifetime_ms or frame_retransmits, not both (a datachannel takes one)")
@@ -206,6 +209,9 @@ class WebRTCTransport(Transport):
         self.max_buffered = max_buffered
         self.copies = copies
         self.open_timeout = open_timeout
+        if whip is not None and not whip.startswith(("http://", "https://")):
+            raise ValueError(f"whip must be an http(s):// URL of the server's WHIP endpoint, got {whip!r}")
+        self.whip = whip
 
     async def open(self) -> WebRTCConnection:
         # no STUN or TURN servers: the device reaches the server directly (aiortc would ask Google's STUN)
@@ -232,10 +238,13 @@ class WebRTCTransport(Transport):
         pc.on("connectionstatechange", lambda: pc.connectionState == "failed" and failed.set())
         await pc.setLocalDescription(await pc.createOffer())  # gathers every ICE candidate first
         offer = pb.PeerOffer(sdp=pc.localDescription.sdp, type=pc.localDescription.type)
-        try:
-            answer = await self.stub.Signal(offer, metadata=self.settings.metadata(), wait_for_ready=True)
-        except grpc.aio.AioRpcError as exc:
-            raise TransportError(f"{exc.code().name}: {exc.details()}") from None
+        if self.whip is not None:
+            answer = await self._signal_whip(offer)
+        else:
+            try:
+                answer = await self.stub.Signal(offer, metadata=self.settings.metadata(), wait_for_ready=True)
+            except grpc.aio.AioRpcError as exc:
+                raise TransportError(f"{exc.code().name}: {exc.details()}") from None
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer.sdp, type=answer.type))
         waits = [asyncio.ensure_future(opened.wait()), asyncio.ensure_future(failed.wait())]
         try:
@@ -247,3 +256,28 @@ class WebRTCTransport(Transport):
             raise TransportError(f"the WebRTC connection to {self.settings.target} failed (ICE found no path)")
         window = answer.max_inflight or DEFAULT_WINDOW
         return WebRTCConnection(pc, frames, results, window, self.rate, self.headroom, self.max_buffered, self.copies)
+
+    async def _signal_whip(self, offer: pb.PeerOffer) -> pb.PeerAnswer:
+        """The offer to the WHIP endpoint (RFC 9725: POST application/sdp, 201 with the answer)."""
+        import aiohttp
+
+        headers = {"Content-Type": "application/sdp", **dict(self.settings.metadata())}
+        headers = {("Authorization" if k == "authorization" else k): v for k, v in headers.items()}
+        try:
+            async with aiohttp.ClientSession() as http, http.post(self.whip, data=offer.sdp, headers=headers,
+                                                                  ssl=self._whip_ssl()) as response:  # fmt: skip
+                text = await response.text()
+                if response.status != 201:
+                    raise TransportError(f"WHIP {self.whip}: HTTP {response.status}: {text.strip()}")
+                window = int(response.headers.get("X-Splitserve-Window", "0") or 0)
+        except aiohttp.ClientError as exc:
+            raise TransportError(f"WHIP {self.whip}: {exc}") from None
+        return pb.PeerAnswer(sdp=text, type="answer", max_inflight=window)
+
+    def _whip_ssl(self):  # type: ignore[no-untyped-def]
+        """The CA the client trusts for gRPC trusts the WHIP endpoint too (None: the system's)."""
+        if not self.whip or not self.whip.startswith("https://") or not self.settings.ca_cert:
+            return None
+        import ssl
+
+        return ssl.create_default_context(cafile=self.settings.ca_cert)
