@@ -67,7 +67,36 @@ def golden_vectors(rng: np.random.Generator) -> dict:
         for w in range(bundle.student.widths):
             shape = tuple(bundle.latent_shape(w))
             entropic.append(_entropic_case(f"{model} width {w}", bundle.entropy_tables(w), shape, rng))
-    return {"ans": cases, "entropic": entropic}
+    return {"ans": cases, "entropic": entropic, **wire_vectors(rng)}
+
+
+def wire_vectors(rng: np.random.Generator) -> dict:
+    """Frames the TypeScript side must serialize to Python's very bytes, and Results it must read."""
+    from splitserve.proto import edge_inference_pb2 as pb
+
+    frames = []
+    for i, (payload, deadline, tags) in enumerate([(b"", 0, {}), (rng.bytes(3000), 150, {}), (b"\x00", 1, {"k": "v"})]):
+        fields = {"frameId": [1, 2**40 + 7, 300][i], "model": "lite0-imagenet", "version": "9",
+                  "bundleSha256": "ab" * 32, "codec": "entropic", "width": i, "payload": payload.hex(),
+                  "shape": [64, 14, 14], "captureTimeUs": 1_765_000_000_123_456, "deadlineMs": deadline,
+                  "tags": tags, "topK": 5}  # fmt: skip
+        message = pb.Frame(frame_id=fields["frameId"], model="lite0-imagenet", version="9", bundle_sha256="ab" * 32,
+                           codec="entropic", width=i, payload=payload, shape=[64, 14, 14],
+                           capture_time_us=1_765_000_000_123_456, deadline_ms=deadline, tags=tags, top_k=5)  # fmt: skip
+        frames.append({"fields": fields, "bytes": message.SerializeToString(deterministic=True).hex()})
+    results = []
+    for status in (1, 2, 3):
+        message = pb.Result(
+            frame_id=2**33 + status, status=status, error="" if status == 1 else "why ✓", model="m", version="9",
+            width=3, tags={"k": "v"}, top_k=[pb.ClassScore(index=i, label=f"class {i}", score=0.5 / (i + 1))
+                                             for i in range(3 if status == 1 else 0)],
+            timings=pb.ServerTimings(received_unix_us=1_765_000_000_000_001, decode_ms=1.25, queue_ms=0.5,
+                                     tail_ms=7.75, total_ms=9.5, batch_size=4),
+        )  # fmt: skip
+        results.append({"bytes": message.SerializeToString().hex(), "frameId": message.frame_id,
+                        "status": status, "error": message.error, "topK": [[c.index, c.label, c.score]
+                        for c in message.top_k], "totalMs": 9.5, "batchSize": 4, "tags": {"k": "v"}})  # fmt: skip
+    return {"frames": frames, "results": results}
 
 
 def test_the_typescript_encoder_gives_the_python_encoders_bytes(built, tmp_path):

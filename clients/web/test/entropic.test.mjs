@@ -45,3 +45,33 @@ for (const c of golden?.entropic ?? []) {
     assert.equal(hex(encoder.encode(features)), c.payload);
   });
 }
+
+for (const [i, c] of (golden?.frames ?? []).entries()) {
+  test(`Frame ${i} serializes to the Python side's bytes`, async () => {
+    const { encodeFrame } = await import("../dist/splitserve.js");
+    const f = c.fields;
+    const bytes = encodeFrame({ ...f, payload: Uint8Array.from(Buffer.from(f.payload, "hex")) });
+    assert.equal(hex(bytes), c.bytes);
+  });
+}
+
+for (const [i, c] of (golden?.results ?? []).entries()) {
+  test(`Result ${i} reads as the Python side wrote it`, async () => {
+    const { decodeResult, statusName } = await import("../dist/splitserve.js");
+    const r = decodeResult(Uint8Array.from(Buffer.from(c.bytes, "hex")));
+    assert.equal(r.frameId, c.frameId);
+    assert.equal(r.status, c.status);
+    assert.equal(r.error, c.error);
+    assert.deepEqual(r.topK.map((s) => [s.index, s.label, s.score]), c.topK);
+    assert.equal(r.timings.totalMs, c.totalMs);
+    assert.equal(r.timings.batchSize, c.batchSize);
+    assert.deepEqual(r.tags, c.tags);
+    assert.equal(statusName(r.status), ["", "OK", "DEADLINE_EXCEEDED", "INVALID_FRAME"][c.status]);
+  });
+}
+
+test("bytes that are not a Result are refused", async () => {
+  const { decodeResult } = await import("../dist/splitserve.js");
+  assert.throws(() => decodeResult(Uint8Array.from([0x0a, 0x05, 0x01])), RangeError);
+  assert.throws(() => decodeResult(Uint8Array.from([0x08, 0xff])), RangeError);
+});
