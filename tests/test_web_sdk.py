@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import splitserve
 from splitserve.codecs import ans
 from splitserve.codecs.entropic import EntropicEncoder
 from splitserve.models.zoo import load
@@ -66,8 +67,15 @@ def golden_vectors(rng: np.random.Generator) -> dict:
         bundle = load(model)
         for w in range(bundle.student.widths):
             shape = tuple(bundle.latent_shape(w))
-            entropic.append(_entropic_case(f"{model} width {w}", bundle.entropy_tables(w), shape, rng))
-    return {"ans": cases, "entropic": entropic, **wire_vectors(rng)}
+            case = _entropic_case(f"{model} width {w}", bundle.entropy_tables(w), shape, rng)
+            entropic.append({**case, "npz": str(bundle.path / "entropy.npz"), "width": w})
+    samples = []
+    for path in sorted((Path(splitserve.__file__).parent / "data" / "samples").glob("*.npz")):
+        with np.load(path) as z:
+            arrays = {k: {"shape": list(z[k].shape), "sum": float(z[k].astype(np.float64).sum()),
+                          "first": z[k].reshape(-1)[:16].astype(float).tolist()} for k in z}  # fmt: skip
+        samples.append({"npz": str(path), "arrays": arrays})
+    return {"ans": cases, "entropic": entropic, "samples": samples, **wire_vectors(rng)}
 
 
 def wire_vectors(rng: np.random.Generator) -> dict:

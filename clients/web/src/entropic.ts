@@ -69,3 +69,21 @@ export function roundHalfEven(x: number): number {
   const r = Math.round(x); // ties toward +infinity
   return r - x === 0.5 && r % 2 !== 0 ? r - 1 : r;
 }
+
+/** One width's tables from a bundle's entropy.npz (arrays w<W>_medians, _offsets, _lengths, _freqs). */
+export function tablesFromNpz(arrays: Record<string, import("./npz.js").NdArray>, width: number): EntropyTables {
+  const get = (key: string) => {
+    const a = arrays[`w${width}_${key}`];
+    if (!a) throw new RangeError(`entropy tables have no width ${width} (${key} missing)`);
+    return a;
+  };
+  const lengths = get("lengths").data;
+  const padded = get("freqs");
+  const cols = padded.shape[1];
+  const freqs = Array.from(lengths, (n, c) => Float64Array.from(padded.data.subarray(c * cols, c * cols + n)));
+  return {
+    medians: Float32Array.from(get("medians").data),
+    offsets: Int32Array.from(get("offsets").data),
+    freqs,
+  };
+}

@@ -5,3 +5,5 @@ export { EntropicEncoder, type EntropyTables, roundHalfEven } from "./entropic.j
 export {
   type ClassScore, decodeResult, encodeFrame, type Frame, type Result, type ServerTimings, Status, statusName,
 } from "./proto.js";
+export { type NdArray, parseNpy, parseNpz } from "./npz.js";
+export { tablesFromNpz } from "./entropic.js";

@@ -75,3 +75,27 @@ test("bytes that are not a Result are refused", async () => {
   assert.throws(() => decodeResult(Uint8Array.from([0x0a, 0x05, 0x01])), RangeError);
   assert.throws(() => decodeResult(Uint8Array.from([0x08, 0xff])), RangeError);
 });
+
+for (const c of golden?.entropic ?? []) {
+  test(`entropy.npz read in TypeScript codes as the tables do: ${c.name}`, async () => {
+    const { parseNpz, tablesFromNpz, EntropicEncoder } = await import("../dist/splitserve.js");
+    const tables = tablesFromNpz(parseNpz(new Uint8Array(readFileSync(c.npz))), c.width);
+    assert.deepEqual(Array.from(tables.medians), c.medians);
+    const encoder = new EntropicEncoder(tables, c.shape);
+    assert.equal(hex(encoder.encode(Float32Array.from(c.features))), c.payload);
+  });
+}
+
+for (const c of golden?.samples ?? []) {
+  test(`sample ${c.npz.split("/").pop()} reads as numpy reads it`, async () => {
+    const { parseNpz } = await import("../dist/splitserve.js");
+    const arrays = parseNpz(new Uint8Array(readFileSync(c.npz)));
+    assert.deepEqual(Object.keys(arrays).sort(), Object.keys(c.arrays).sort());
+    for (const [name, want] of Object.entries(c.arrays)) {
+      const got = arrays[name];
+      assert.deepEqual(got.shape, want.shape, name);
+      assert.equal(Array.from(got.data).reduce((a, b) => a + Number(b), 0), want.sum, name);
+      assert.deepEqual(Array.from(got.data.subarray(0, 16), Number), want.first, name);
+    }
+  });
+}
