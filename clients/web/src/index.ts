@@ -7,3 +7,8 @@ export {
 } from "./proto.js";
 export { type NdArray, parseNpy, parseNpz } from "./npz.js";
 export { tablesFromNpz } from "./entropic.js";
+export { type Bundle, listModels, loadBundle, type Manifest, type Progress } from "./bundle.js";
+export { type ClientOptions, type Outcome, SplitClient } from "./client.js";
+export { SplitError, type SplitErrorCode } from "./errors.js";
+export { type FrameSource, type RawFrame, toPixels } from "./frames.js";
+export { HeadRunner } from "./head.js";

@@ -52,6 +52,7 @@ _FLAGS: dict[str, tuple[type, str]] = {
         "bundles (GET /v1/bundles/...); TLS and tokens as for gRPC (default 0: off)",
     ),
     "max_offer_bytes": (int, "largest SDP offer POST /v1/whip accepts (default 65536)"),
+    "web_root": (str, "the built browser SDK; /demo/ serves its demo/ (default: the checkout's clients/web/dist)"),
     "metrics_port": (int, "serve Prometheus /metrics on this port (default 0: off)"),
     "metrics_host": (str, "address for the metrics endpoint (default 0.0.0.0)"),
     "log_format": (str, "text | json"),

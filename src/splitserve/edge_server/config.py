@@ -62,6 +62,7 @@ class ServerConfig:
     http_port: int = 0
     cors_origins: list[str] = field(default_factory=list)  # origins whose pages may call the HTTP API
     max_offer_bytes: int = 64 * 1024
+    web_root: str = ""  # the built browser SDK (its demo/ is served at /demo/); "" = the checkout's clients/web/dist
     # observability
     metrics_port: int = 0  # 0 = no metrics endpoint
     metrics_host: str = "0.0.0.0"

@@ -10,6 +10,9 @@
 - ``GET /v1/bundles/<name>/<version>/<file>``: a bundle's device files (manifest, heads, tables), by a
   versioned path that never changes, so they carry year-long cache headers. Only files the manifest
   lists for devices are served; a name with a separator, ``..`` or anything else is a 404.
+- ``GET /v1/samples/<name>.npz``: the sample frames shipped in the package (what the demo's selftest runs).
+- ``GET /demo/``: the browser SDK's demo page (``clients/web``, built with ``npm run build``), from
+  ``--web-root`` (default: the checkout's ``clients/web/dist``).
 
 Bearer tokens work exactly as on gRPC (``--tokens``): every route needs ``Authorization: Bearer <token>``.
 Browsers on other origins are let in only from ``--cors-origin`` (repeatable; none by default).
@@ -39,7 +42,7 @@ class HttpFrontend:
     """One aiohttp server on the edge server's event loop."""
 
     def __init__(self, service, tokens: dict[str, str] | None, cors_origins: list[str],  # type: ignore[no-untyped-def]
-                 max_offer_bytes: int = MAX_OFFER_BYTES, static: dict[str, Path] | None = None) -> None:  # fmt: skip
+                 max_offer_bytes: int = MAX_OFFER_BYTES, web_root: Path | None = None) -> None:  # fmt: skip
         self.service = service
         self.tokens = tokens or {}
         self.cors_origins = set(cors_origins)
@@ -50,10 +53,15 @@ class HttpFrontend:
             web.delete("/v1/whip/{peer}", self.whip_end),
             web.get("/v1/models", self.models),
             web.get("/v1/bundles/{name}/{version}/{file}", self.bundle_file),
+            web.get("/v1/samples/{name}.npz", self.sample),
         ])  # fmt: skip
-        for prefix, folder in (static or {}).items():
-            self.app.router.add_get(prefix, self._index(folder))
-            self.app.router.add_static(prefix, folder, show_index=False, follow_symlinks=False)
+        self.web_root = web_root
+        demo = web_root / "demo" if web_root is not None else None
+        if demo is not None and (demo / "index.html").is_file():
+            self.app.router.add_get("/demo/", self._index(demo))
+            self.app.router.add_static("/demo/", demo, show_index=False, follow_symlinks=False)
+        else:
+            self.app.router.add_get("/demo/{tail:.*}", self._no_demo)
         self.runner: web.AppRunner | None = None
         self.port = 0
 
@@ -168,6 +176,21 @@ class HttpFrontend:
         if file.endswith(".json"):
             headers["Content-Type"] = "application/json"
         return web.FileResponse(bundle.path / file, headers=headers)
+
+    async def sample(self, request: web.Request) -> web.FileResponse:
+        from splitserve.data.samples import SAMPLES
+
+        self._authorize(request)
+        name = request.match_info["name"]
+        path = SAMPLES / f"{name}.npz"
+        if not SAFE_NAME.fullmatch(name) or ".." in name or not path.is_file():
+            raise web.HTTPNotFound(text=f"no sample {name!r}\n")
+        return web.FileResponse(path, headers={"Cache-Control": "public, max-age=86400"})
+
+    async def _no_demo(self, request: web.Request) -> web.Response:
+        where = self.web_root / "demo" if self.web_root is not None else "--web-root"
+        return web.Response(status=404, text=f"the demo is not built ({where}): cd clients/web && npm ci && "
+                                             "npm run build, or point --web-root at a built copy\n")  # fmt: skip
 
     @staticmethod
     def _index(folder: Path):  # type: ignore[no-untyped-def]

@@ -98,6 +98,12 @@ def _webrtc_peers(service: EdgeInferenceService, cfg: ServerConfig):  # type: ig
     return peers
 
 
+def default_web_root() -> Path | None:
+    """The browser SDK's build in a checkout of this repository (clients/web/dist), if there is one."""
+    root = Path(__file__).resolve().parents[3] / "clients" / "web" / "dist"
+    return root if root.is_dir() else None
+
+
 class EdgeServer:
     """One server process. With ``serve_metrics=False`` it records metrics but leaves the /metrics
     endpoint to its supervisor (``--workers``: Prometheus multiprocess mode, one port for all)."""
@@ -185,7 +191,8 @@ class EdgeServer:
 
         if self.service.webrtc is None:
             raise RuntimeError("--http-port serves WebRTC peers: pip install 'splitserve[webrtc]'")
-        self.http = HttpFrontend(self.service, tokens, self.cfg.cors_origins, self.cfg.max_offer_bytes)
+        web_root = Path(self.cfg.web_root) if self.cfg.web_root else default_web_root()
+        self.http = HttpFrontend(self.service, tokens, self.cfg.cors_origins, self.cfg.max_offer_bytes, web_root)
         context = ssl_context(self.cfg.tls_cert, self.cfg.tls_key) if self.cfg.tls_cert else None
         port = await self.http.start(self.cfg.host, self.cfg.http_port, context)
         log.info("HTTP%s for browsers on %s:%d (WHIP at /v1/whip, bundles at /v1/bundles/)",

@@ -1,0 +1,237 @@
+/**
+ * SplitClient: the head here, in onnxruntime-web; the tail on the edge server, over a WebRTC datachannel.
+ *
+ *   const client = await SplitClient.connect("https://edge.local:8443", { model: "lite0-imagenet", token, deadlineMs: 150 });
+ *   const r = await client.infer(videoElement);   // r.status, r.label, r.width, r.bytes, r.latencyMs
+ *
+ * Every frame ends with exactly one outcome, by its deadline (without one, by giveUpMs): a result, an
+ * error, or DEADLINE_EXCEEDED; infer() never throws for a frame that fails. Frames are written within
+ * the server's window; one answered OVERLOADED goes again while its deadline allows.
+ */
+
+import { type Bundle, loadBundle, type Progress } from "./bundle.js";
+import { SplitError } from "./errors.js";
+import { toPixels, type FrameSource } from "./frames.js";
+import { HeadRunner } from "./head.js";
+import { type ClassScore, encodeFrame, type Result, Status, statusName } from "./proto.js";
+import { DATACHANNEL_FRAMING, DatachannelConnection } from "./transport.js";
+
+export interface ClientOptions {
+  model: string;
+  version?: string;
+  token?: string;
+  /** per-frame deadline in ms (0: none) */
+  deadlineMs?: number;
+  /** width index (-1: the widest) */
+  width?: number;
+  topK?: number;
+  /** how long a frame without a deadline waits for its result */
+  giveUpMs?: number;
+  /** where onnxruntime's .wasm files are (default: the server's /demo/ort/) */
+  wasmPaths?: string;
+  onProgress?: (p: Progress) => void;
+}
+
+export interface Outcome {
+  frameId: number;
+  status: string; // a Result status name, or FAILED when the frame got no result
+  ok: boolean;
+  label: string | null;
+  index: number | null;
+  topK: ClassScore[];
+  width: number;
+  bytes: number; // payload bytes
+  headMs: number; // head + entropy coding on this device
+  latencyMs: number; // infer() to outcome
+  server: Result["timings"] | null;
+  error: string;
+  attempts: number;
+}
+
+type FrameFields = Parameters<typeof encodeFrame>[0];
+
+interface Pending {
+  frame: FrameFields;
+  sentAt: number | null;
+  expires: number;
+  hasDeadline: boolean;
+  resolve: (r: Result | string) => void;
+  attempts: number;
+  done: boolean;
+  retries: number;
+}
+
+export class SplitClient {
+  private ids = 1;
+  private pending = new Map<number, Pending>();
+  private queue: number[] = [];
+  private outstanding = new Set<number>();
+  private pumping = false;
+  /** the last frames' wire bytes over their network time: a simple rate estimate for pacing */
+  rateBps: number | null = null;
+
+  private constructor(
+    readonly server: string,
+    readonly bundle: Bundle,
+    readonly head: HeadRunner,
+    readonly conn: DatachannelConnection,
+    readonly options: ClientOptions,
+  ) {
+    conn.onResult = (r) => this.answer(r);
+    conn.onClose = (why) => this.failAll(why);
+  }
+
+  static async connect(server: string, options: ClientOptions): Promise<SplitClient> {
+    const base = server.replace(/\/+$/, "");
+    const bundle = await loadBundle(base, options.model, {
+      token: options.token, version: options.version, onProgress: options.onProgress,
+    });
+    const head = await HeadRunner.create(bundle, { wasmPaths: options.wasmPaths ?? `${base}/demo/ort/` });
+    const conn = await DatachannelConnection.open(base, { token: options.token, deadlineMs: options.deadlineMs });
+    return new SplitClient(base, bundle, head, conn, options);
+  }
+
+  get manifest() {
+    return this.bundle.manifest;
+  }
+
+  /** One frame: an ImageBitmap, <video>, <canvas>, <img>, ImageData, or raw {data, width, height, channels}. */
+  async infer(frame: FrameSource, opts: { width?: number; deadlineMs?: number } = {}): Promise<Outcome> {
+    const t0 = performance.now();
+    const deadline = opts.deadlineMs ?? this.options.deadlineMs ?? 0;
+    const widths = this.head.widths;
+    let width = opts.width ?? this.options.width ?? -1;
+    if (width < 0) width = widths - 1;
+    const frameId = this.ids++;
+    const out: Outcome = {
+      frameId, status: "FAILED", ok: false, label: null, index: null, topK: [], width, bytes: 0, headMs: 0,
+      latencyMs: 0, server: null, error: "", attempts: 0,
+    };
+    try {
+      if (width >= widths) throw new SplitError("frame", `${this.manifest.name} has widths 0..${widths - 1}, not ${width}`);
+      const pixels = toPixels(frame, this.manifest.input.shape);
+      const enc = await this.head.encode(pixels, width);
+      out.bytes = enc.payload.length;
+      out.headMs = enc.headMs;
+      const elapsed = performance.now() - t0;
+      if (deadline && elapsed >= deadline) {
+        return this.finish(out, t0, "DEADLINE_EXCEEDED", "the deadline passed on the device");
+      }
+      const data = {
+        frameId, model: this.manifest.name, version: this.manifest.version, bundleSha256: this.bundle.sha256,
+        codec: "entropic", width, payload: enc.payload, shape: enc.shape, captureTimeUs: Date.now() * 1000,
+        topK: this.options.topK ?? 5,
+      };
+      const expires = t0 + (deadline || this.options.giveUpMs || 30000);
+      const attempts = { n: 0 };
+      const answer = await this.send(frameId, data, expires, deadline > 0, attempts);
+      out.attempts = attempts.n;
+      if (typeof answer === "string") {
+        return this.finish(out, t0, deadline ? "DEADLINE_EXCEEDED" : "FAILED", answer);
+      }
+      out.topK = answer.topK;
+      out.server = answer.timings;
+      out.label = answer.topK[0]?.label ?? null;
+      out.index = answer.topK[0]?.index ?? null;
+      return this.finish(out, t0, statusName(answer.status), answer.error);
+    } catch (err) {
+      return this.finish(out, t0, "FAILED", (err as Error).message);
+    }
+  }
+
+  private finish(out: Outcome, t0: number, status: string, error: string): Outcome {
+    out.status = status;
+    out.ok = status === "OK";
+    out.error = error;
+    out.latencyMs = performance.now() - t0;
+    return out;
+  }
+
+  /** Queue the frame and wait for its one outcome: its Result, or why it got none (a string). */
+  private send(frameId: number, frame: FrameFields, expires: number, hasDeadline: boolean, attempts: { n: number }) {
+    return new Promise<Result | string>((resolve) => {
+      const entry: Pending = { frame, sentAt: null, expires, hasDeadline, resolve, attempts: 0, done: false, retries: 0 };
+      const settle = (r: Result | string) => {
+        if (entry.done) return;
+        entry.done = true;
+        attempts.n = entry.attempts;
+        this.outstanding.delete(frameId);
+        this.pending.delete(frameId);
+        resolve(r);
+        this.pump();
+      };
+      entry.resolve = settle;
+      this.pending.set(frameId, entry);
+      this.queue.push(frameId);
+      setTimeout(() => settle(entry.attempts ? "the server did not answer in time" : "never sent: no room on the link for it in time"),
+        Math.max(0, expires - performance.now()));
+      this.pump();
+    });
+  }
+
+  private async pump(): Promise<void> {
+    if (this.pumping) return;
+    this.pumping = true;
+    try {
+      while (this.queue.length && this.outstanding.size < this.conn.window) {
+        const id = this.queue.shift()!;
+        const entry = this.pending.get(id);
+        if (!entry || entry.done) continue;
+        this.outstanding.add(id);
+        await this.conn.pace(entry.frame.payload.length + 100 + DATACHANNEL_FRAMING, this.rateBps);
+        const now = performance.now();
+        if (entry.done || (entry.hasDeadline && now >= entry.expires)) {
+          this.outstanding.delete(id); // too late to be of use: never sent
+          continue;
+        }
+        if (entry.hasDeadline) entry.frame.deadlineMs = Math.max(1, Math.floor(entry.expires - now));
+        const data = encodeFrame(entry.frame); // with the budget left now: the server counts from arrival
+        entry.attempts += 1;
+        entry.sentAt = now;
+        try {
+          this.conn.send(data, entry.hasDeadline);
+        } catch (err) {
+          entry.resolve((err as Error).message);
+        }
+      }
+    } finally {
+      this.pumping = false;
+    }
+  }
+
+  private answer(r: Result): void {
+    const entry = this.pending.get(r.frameId);
+    if (!entry || entry.done) return;
+    const now = performance.now();
+    if ((r.status === Status.OVERLOADED || r.status === Status.UNAVAILABLE) && now + 20 * 2 ** entry.retries < entry.expires) {
+      entry.retries += 1;
+      this.outstanding.delete(r.frameId);
+      setTimeout(() => {
+        this.queue.push(r.frameId);
+        this.pump();
+      }, 20 * 2 ** (entry.retries - 1));
+      return;
+    }
+    if (entry.sentAt !== null && (r.status === Status.OK || r.status === Status.DEADLINE_EXCEEDED)) {
+      const networkMs = now - entry.sentAt - r.timings.totalMs;
+      if (networkMs > 1) {
+        const sample = ((entry.frame.payload.length + DATACHANNEL_FRAMING) * 8 * 1000) / networkMs;
+        this.rateBps = this.rateBps === null ? sample : 0.8 * this.rateBps + 0.2 * sample;
+      }
+    }
+    if (entry.hasDeadline && now > entry.expires) {
+      entry.resolve(`the result arrived ${Math.round(now - entry.expires)} ms after the deadline`);
+      return;
+    }
+    entry.resolve(r);
+  }
+
+  private failAll(why: string): void {
+    for (const entry of this.pending.values()) entry.resolve(why);
+  }
+
+  async close(): Promise<void> {
+    this.failAll("the client closed");
+    await this.conn.close();
+  }
+}

@@ -1,0 +1,149 @@
+/**
+ * Frames on a WebRTC datachannel, signalled in the WHIP shape (POST the SDP offer to /v1/whip), with the
+ * semantics of the Python WebRTC transport (src/splitserve/device_client/transports/webrtc.py):
+ *
+ * - "frames": unordered, each frame retransmitted only while it can still make its deadline
+ *   (maxPacketLifeTime = the deadline), then abandoned: a lost packet costs one frame, not the ones behind;
+ * - "results": unordered and reliable;
+ * - a frame that fits one packet is sent twice (redundancy instead of a late retransmission); the server
+ *   drops the copy, and sends small results twice the same way: the second copy is dropped here;
+ * - frames leave no faster than the bandwidth estimate (x1.25), never while the channel buffers more than
+ *   64 KB, and a frame whose deadline passes while it waits is not sent at all.
+ */
+
+import { authHeaders } from "./bundle.js";
+import { SplitError } from "./errors.js";
+import { decodeResult, type Result } from "./proto.js";
+
+export const FRAMES_CHANNEL = "frames";
+export const RESULTS_CHANNEL = "results";
+export const REDUNDANT_MAX_BYTES = 1100;
+export const DATACHANNEL_FRAMING = 16 + 37; // SCTP DATA chunk + DTLS record per message
+const WINDOW_HEADER = "X-Splitserve-Window";
+
+export interface ConnectOptions {
+  token?: string;
+  deadlineMs?: number;
+  openTimeoutMs?: number;
+}
+
+export class DatachannelConnection {
+  private seen = new Map<string, true>();
+  private nextSend = 0;
+  onResult: (r: Result) => void = () => {};
+  onClose: (why: string) => void = () => {};
+  headroom = 1.25;
+  maxBuffered = 64 * 1024;
+
+  private constructor(
+    readonly pc: RTCPeerConnection,
+    readonly frames: RTCDataChannel,
+    readonly results: RTCDataChannel,
+    readonly window: number,
+    readonly location: string | null,
+    private readonly server: string,
+    private readonly token?: string,
+  ) {
+    for (const channel of [frames, results]) {
+      channel.binaryType = "arraybuffer";
+      channel.onmessage = (e) => this.message(e.data);
+      channel.onclose = () => this.onClose(`the server closed the ${channel.label} channel`);
+    }
+    pc.onconnectionstatechange = () => {
+      if (pc.connectionState === "failed" || pc.connectionState === "closed") this.onClose(`the peer connection ${pc.connectionState}`);
+    };
+  }
+
+  static async open(server: string, options: ConnectOptions = {}): Promise<DatachannelConnection> {
+    const pc = new RTCPeerConnection({ iceServers: [] });
+    try {
+      const frameLife = options.deadlineMs ? { maxPacketLifeTime: options.deadlineMs } : {};
+      const frames = pc.createDataChannel(FRAMES_CHANNEL, { ordered: false, ...frameLife });
+      const results = pc.createDataChannel(RESULTS_CHANNEL, { ordered: false });
+      const opened = Promise.all([frames, results].map((c) => new Promise((ok) => (c.onopen = ok))));
+      await pc.setLocalDescription(await pc.createOffer());
+      await gathered(pc);
+      let response: Response;
+      try {
+        response = await fetch(`${server}/v1/whip`, {
+          method: "POST",
+          headers: { "Content-Type": "application/sdp", ...authHeaders(options.token) },
+          body: pc.localDescription!.sdp,
+        });
+      } catch (err) {
+        throw new SplitError("unreachable", `cannot reach ${server}/v1/whip: ${(err as Error).message}`);
+      }
+      const text = await response.text();
+      if (response.status === 401) throw new SplitError("unauthorized", `WHIP: ${text.trim()}`);
+      if (response.status !== 201) throw new SplitError("webrtc", `WHIP: HTTP ${response.status} ${text.trim()}`);
+      await pc.setRemoteDescription({ type: "answer", sdp: text });
+      const timeout = options.openTimeoutMs ?? 15000;
+      await Promise.race([
+        opened,
+        new Promise((_, fail) =>
+          setTimeout(() => fail(new SplitError("webrtc", `no datachannel within ${timeout} ms (is UDP blocked?)`)), timeout),
+        ),
+      ]);
+      const window = Number(response.headers.get(WINDOW_HEADER)) || 16;
+      return new DatachannelConnection(pc, frames, results, window, response.headers.get("Location"), server, options.token);
+    } catch (err) {
+      pc.close();
+      throw err;
+    }
+  }
+
+  private message(data: ArrayBuffer | string): void {
+    if (typeof data === "string") return;
+    const bytes = new Uint8Array(data);
+    if (bytes.length <= REDUNDANT_MAX_BYTES) {
+      const key = String.fromCharCode(...bytes); // the redundant copy of a small result: take it once
+      if (this.seen.has(key)) return;
+      this.seen.set(key, true);
+      if (this.seen.size > 512) this.seen.delete(this.seen.keys().next().value!);
+    }
+    try {
+      this.onResult(decodeResult(bytes));
+    } catch {
+      // not a Result: nothing to match it to
+    }
+  }
+
+  /** Wait until ``bytes`` may leave at ``rateBps`` (null: no estimate yet, send at once). */
+  async pace(bytes: number, rateBps: number | null): Promise<void> {
+    while (this.frames.readyState === "open" && this.frames.bufferedAmount > this.maxBuffered) await sleep(2);
+    if (!rateBps) return;
+    const now = performance.now();
+    const wait = this.nextSend - now;
+    if (wait > 0) await sleep(wait);
+    const copies = bytes <= REDUNDANT_MAX_BYTES ? 2 : 1;
+    this.nextSend = Math.max(performance.now(), this.nextSend) + (copies * bytes * 8 * 1000) / (rateBps * this.headroom);
+  }
+
+  send(data: Uint8Array, withDeadline: boolean): void {
+    if (this.frames.readyState !== "open") throw new SplitError("webrtc", `the frames channel is ${this.frames.readyState}`);
+    const copies = withDeadline && data.length <= REDUNDANT_MAX_BYTES ? 2 : 1;
+    for (let i = 0; i < copies; i++) this.frames.send(data as Uint8Array<ArrayBuffer>);
+  }
+
+  async close(): Promise<void> {
+    if (this.location) {
+      // WHIP: end the session; the peer connection closing says the same if this cannot get through
+      fetch(new URL(this.location, this.server).href, { method: "DELETE", headers: authHeaders(this.token) }).catch(() => {});
+    }
+    this.pc.close();
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((ok) => setTimeout(ok, ms));
+}
+
+/** Every ICE candidate in the offer (the server answers once, WHIP has no trickle here). */
+function gathered(pc: RTCPeerConnection): Promise<void> {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((ok) => {
+    const done = () => pc.iceGatheringState === "complete" && ok();
+    pc.addEventListener("icegatheringstatechange", done);
+    setTimeout(ok, 2000); // host candidates come at once; do not wait on a slow interface
+  });
+}
