@@ -25,9 +25,11 @@ $(BIN)/edge-server: pyproject.toml
 install: $(BIN)/edge-server
 
 # Debian packages some tests use: the full Fashion-MNIST set (dataset-fashion-mnist) for
-# the fmnist accuracy checks, and prometheus for the dashboard test, which scrapes a real
-# edge-server. Tests that need one say so when it is missing.
-DEBS := dataset-fashion-mnist:$(FMNIST) prometheus:/usr/bin/prometheus
+# the fmnist accuracy checks, prometheus for the dashboard test, which scrapes a real
+# edge-server, and chromium for the browser SDK's end-to-end test (clients/web; its node
+# packages come from the npm registry when the test builds it). Tests that need one say so
+# when it is missing.
+DEBS := dataset-fashion-mnist:$(FMNIST) prometheus:/usr/bin/prometheus chromium:/usr/bin/chromium
 datasets:
 	@missing=""; for dep in $(DEBS); do [ -e "$${dep#*:}" ] || missing="$$missing $${dep%%:*}"; done; \
 	if [ -n "$$missing" ]; then \

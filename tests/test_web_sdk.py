@@ -75,7 +75,50 @@ def golden_vectors(rng: np.random.Generator) -> dict:
             arrays = {k: {"shape": list(z[k].shape), "sum": float(z[k].astype(np.float64).sum()),
                           "first": z[k].reshape(-1)[:16].astype(float).tolist()} for k in z}  # fmt: skip
         samples.append({"npz": str(path), "arrays": arrays})
-    return {"ans": cases, "entropic": entropic, "samples": samples, **wire_vectors(rng)}
+    return {"ans": cases, "entropic": entropic, "samples": samples, **wire_vectors(rng),
+            "planner": [planner_trace(np.random.default_rng(seed)) for seed in (0, 1, 2)]}
+
+
+def planner_trace(rng: np.random.Generator, frames: int = 600) -> dict:
+    """The adaptive loop over a synthetic link (steps of rate, jitter, a queue): every input it got, in order,
+    with the decision and the estimate each plan gave, for the TypeScript port to replay on the same clock."""
+    from splitserve.device_client.bandwidth import BandwidthMonitor
+    from splitserve.device_client.policy import AdaptivePolicy, FramePlanner, WidthCost
+
+    clock = [0.0]
+    widths = [(480, 5.8, 0.58), (920, 5.5, 0.81), (1420, 6.2, 0.82), (2520, 6.4, 0.88), (4700, 7.0, 0.89)]
+    costs = [WidthCost(b, h, a) for b, h, a in widths]
+    monitor = BandwidthMonitor(clock=lambda: clock[0])
+    planner = FramePlanner(AdaptivePolicy(costs, server_ms=17.0, local_ms=23.0), monitor)
+    rates = rng.choice([8e6, 3e6, 1e6, 0.5e6, 0.15e6], size=6)
+    events, flying, link_free = [], [], 0.0
+    for i in range(frames):
+        now = i * 0.1
+        for f in sorted((f for f in flying if f["back"] <= now), key=lambda f: f["back"]):
+            clock[0] = f["back"]
+            elapsed, server = (f["back"] - f["sent"]) * 1e3, f["server"]
+            planner.result(f["bytes"], elapsed, server)
+            events.append({"t": clock[0], "op": "result", "bytes": f["bytes"], "elapsed": elapsed, "server": server})
+            flying.remove(f)
+        clock[0] = now
+        pending = [[f["bytes"], f["sent"]] for f in flying]
+        decision, est = planner.plan(150.0, True, [tuple(p) for p in pending])
+        events.append({"t": now, "op": "plan", "deadline": 150.0, "pending": pending,
+                       "decision": [decision.local, decision.width, decision.probe],
+                       "estimate": [est.bandwidth_bps, est.rtt_ms, est.sigma, est.backlog_bytes]})  # fmt: skip
+        if decision.local and not decision.probe:
+            continue
+        w = decision.width
+        nbytes = int(widths[w][0] * rng.uniform(0.85, 1.15))
+        head = widths[w][1] * rng.uniform(0.9, 1.3)
+        planner.encoded(w, nbytes, head)
+        events.append({"t": now, "op": "encoded", "width": w, "bytes": nbytes, "head": head})
+        sent = now + head / 1e3
+        rate = rates[min(int(now // 10), len(rates) - 1)] * rng.uniform(0.7, 1.1)
+        link_free = max(link_free, sent) + nbytes * 8 / rate
+        flying.append({"bytes": nbytes, "sent": sent, "server": 17.0 * rng.uniform(0.8, 1.5),
+                       "back": link_free + 0.04 + 0.017})  # fmt: skip
+    return {"events": events}
 
 
 def wire_vectors(rng: np.random.Generator) -> dict:

@@ -8,6 +8,7 @@ await build({ ...common, entryPoints: ["src/index.ts"], outfile: "dist/splitserv
 await build({ ...common, entryPoints: ["demo/demo.ts"], outfile: "dist/demo/demo.js" });
 mkdirSync("dist/demo/ort", { recursive: true });
 copyFileSync("demo/index.html", "dist/demo/index.html");
+copyFileSync("dist/splitserve.js", "dist/demo/splitserve.js"); // the SDK itself, for <script type="module"> pages
 for (const f of ["ort-wasm-simd-threaded.wasm", "ort-wasm-simd-threaded.mjs"]) {
   copyFileSync(`node_modules/onnxruntime-web/dist/${f}`, `dist/demo/ort/${f}`);
 }

@@ -15,6 +15,8 @@ async function connect(model: string): Promise<SplitClient> {
   client = await SplitClient.connect(server, {
     model, token: token || undefined, deadlineMs: Number(params.get("deadline") ?? 1000),
     width: params.has("width") ? Number(params.get("width")) : -1,
+    // the selftest compares with the Python client at one width; a person on a phone wants adaptive
+    policy: (params.get("policy") ?? (params.has("selftest") ? "fixed" : "adaptive")) as "adaptive" | "fixed",
     onProgress: (p) => ($("progress").textContent = `${p.file}: ${(p.loaded / 1e6).toFixed(1)} of ${(p.total / 1e6).toFixed(1)} MB${p.cached ? " (cached)" : ""}`),
   });
   $("progress").textContent = `${model}:${client.manifest.version} ready`;

@@ -9,10 +9,12 @@
  * the server's window; one answered OVERLOADED goes again while its deadline allows.
  */
 
+import { BandwidthMonitor } from "./bandwidth.js";
 import { type Bundle, loadBundle, type Progress } from "./bundle.js";
 import { SplitError } from "./errors.js";
 import { toPixels, type FrameSource } from "./frames.js";
 import { HeadRunner } from "./head.js";
+import { AdaptivePolicy, FixedPolicy, FramePlanner, WidthCost } from "./policy.js";
 import { type ClassScore, encodeFrame, type Result, Status, statusName } from "./proto.js";
 import { DATACHANNEL_FRAMING, DatachannelConnection } from "./transport.js";
 
@@ -22,7 +24,10 @@ export interface ClientOptions {
   token?: string;
   /** per-frame deadline in ms (0: none) */
   deadlineMs?: number;
-  /** width index (-1: the widest) */
+  /** "adaptive": the width per frame from the bandwidth estimate and the deadline (the Python client's
+   *  policy, the same decisions); "fixed" (default): always ``width`` */
+  policy?: "adaptive" | "fixed";
+  /** width index for the fixed policy (-1: the widest) */
   width?: number;
   topK?: number;
   /** how long a frame without a deadline waits for its result */
@@ -50,8 +55,12 @@ export interface Outcome {
 
 type FrameFields = Parameters<typeof encodeFrame>[0];
 
+// a Frame's bytes on the link besides its payload: its other fields and the datachannel's framing
+const FRAME_OVERHEAD = 110 + DATACHANNEL_FRAMING;
+
 interface Pending {
   frame: FrameFields;
+  wireBytes: number;
   sentAt: number | null;
   expires: number;
   hasDeadline: boolean;
@@ -67,8 +76,8 @@ export class SplitClient {
   private queue: number[] = [];
   private outstanding = new Set<number>();
   private pumping = false;
-  /** the last frames' wire bytes over their network time: a simple rate estimate for pacing */
-  rateBps: number | null = null;
+  readonly monitor = new BandwidthMonitor();
+  readonly planner: FramePlanner;
 
   private constructor(
     readonly server: string,
@@ -79,6 +88,29 @@ export class SplitClient {
   ) {
     conn.onResult = (r) => this.answer(r);
     conn.onClose = (why) => this.failAll(why);
+    const widths = bundle.manifest.widths;
+    if (options.policy === "adaptive") {
+      const costs = widths.map((w) => new WidthCost((w.bytes_mean ?? 1000) + FRAME_OVERHEAD, w.head_ms ?? 5,
+        w.accuracy ?? w.agreement ?? null));
+      this.planner = new FramePlanner(new AdaptivePolicy(costs), this.monitor);
+    } else {
+      const width = options.width ?? -1;
+      this.planner = new FramePlanner(new FixedPolicy(width < 0 ? widths.length - 1 : width), this.monitor);
+    }
+  }
+
+  /** The bandwidth estimate now (bit/s; null before the first result). */
+  get rateBps(): number | null {
+    return this.monitor.estimate(this.pendingBytes()).bandwidthBps;
+  }
+
+  private pendingBytes(): [number, number][] {
+    const out: [number, number][] = [];
+    for (const id of this.outstanding) {
+      const e = this.pending.get(id);
+      if (e?.sentAt != null) out.push([e.wireBytes, e.sentAt / 1000]);
+    }
+    return out;
   }
 
   static async connect(server: string, options: ClientOptions): Promise<SplitClient> {
@@ -100,7 +132,8 @@ export class SplitClient {
     const t0 = performance.now();
     const deadline = opts.deadlineMs ?? this.options.deadlineMs ?? 0;
     const widths = this.head.widths;
-    let width = opts.width ?? this.options.width ?? -1;
+    let width = opts.width ?? -1;
+    if (opts.width === undefined) width = this.planner.plan(deadline, true, this.pendingBytes())[0].width;
     if (width < 0) width = widths - 1;
     const frameId = this.ids++;
     const out: Outcome = {
@@ -113,6 +146,7 @@ export class SplitClient {
       const enc = await this.head.encode(pixels, width);
       out.bytes = enc.payload.length;
       out.headMs = enc.headMs;
+      this.planner.encoded(width, enc.payload.length + FRAME_OVERHEAD, enc.headMs);
       const elapsed = performance.now() - t0;
       if (deadline && elapsed >= deadline) {
         return this.finish(out, t0, "DEADLINE_EXCEEDED", "the deadline passed on the device");
@@ -150,7 +184,7 @@ export class SplitClient {
   /** Queue the frame and wait for its one outcome: its Result, or why it got none (a string). */
   private send(frameId: number, frame: FrameFields, expires: number, hasDeadline: boolean, attempts: { n: number }) {
     return new Promise<Result | string>((resolve) => {
-      const entry: Pending = { frame, sentAt: null, expires, hasDeadline, resolve, attempts: 0, done: false, retries: 0 };
+      const entry: Pending = { frame, wireBytes: frame.payload.length + FRAME_OVERHEAD, sentAt: null, expires, hasDeadline, resolve, attempts: 0, done: false, retries: 0 };
       const settle = (r: Result | string) => {
         if (entry.done) return;
         entry.done = true;
@@ -178,7 +212,7 @@ export class SplitClient {
         const entry = this.pending.get(id);
         if (!entry || entry.done) continue;
         this.outstanding.add(id);
-        await this.conn.pace(entry.frame.payload.length + 100 + DATACHANNEL_FRAMING, this.rateBps);
+        await this.conn.pace(entry.wireBytes, this.rateBps);
         const now = performance.now();
         if (entry.done || (entry.hasDeadline && now >= entry.expires)) {
           this.outstanding.delete(id); // too late to be of use: never sent
@@ -188,6 +222,7 @@ export class SplitClient {
         const data = encodeFrame(entry.frame); // with the budget left now: the server counts from arrival
         entry.attempts += 1;
         entry.sentAt = now;
+        entry.wireBytes = data.length + DATACHANNEL_FRAMING;
         try {
           this.conn.send(data, entry.hasDeadline);
         } catch (err) {
@@ -212,12 +247,9 @@ export class SplitClient {
       }, 20 * 2 ** (entry.retries - 1));
       return;
     }
+    // a late result still measures the link, and so does a frame the server found late on arrival
     if (entry.sentAt !== null && (r.status === Status.OK || r.status === Status.DEADLINE_EXCEEDED)) {
-      const networkMs = now - entry.sentAt - r.timings.totalMs;
-      if (networkMs > 1) {
-        const sample = ((entry.frame.payload.length + DATACHANNEL_FRAMING) * 8 * 1000) / networkMs;
-        this.rateBps = this.rateBps === null ? sample : 0.8 * this.rateBps + 0.2 * sample;
-      }
+      this.planner.result(entry.wireBytes, now - entry.sentAt, r.timings.totalMs);
     }
     if (entry.hasDeadline && now > entry.expires) {
       entry.resolve(`the result arrived ${Math.round(now - entry.expires)} ms after the deadline`);

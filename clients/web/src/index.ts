@@ -12,3 +12,5 @@ export { type ClientOptions, type Outcome, SplitClient } from "./client.js";
 export { SplitError, type SplitErrorCode } from "./errors.js";
 export { type FrameSource, type RawFrame, toPixels } from "./frames.js";
 export { HeadRunner } from "./head.js";
+export { BandwidthMonitor, type LinkEstimate, rateQuantile } from "./bandwidth.js";
+export { AdaptivePolicy, type Decision, erfc, FixedPolicy, FramePlanner, normalCdf, type Policy, WidthCost } from "./policy.js";

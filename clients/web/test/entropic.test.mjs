@@ -99,3 +99,40 @@ for (const c of golden?.samples ?? []) {
     }
   });
 }
+
+for (const [i, trace] of (golden?.planner ?? []).entries()) {
+  test(`the adaptive loop chooses the Python side's widths on trace ${i}`, async () => {
+    const { BandwidthMonitor, AdaptivePolicy, FramePlanner, WidthCost } = await import("../dist/splitserve.js");
+    let now = 0;
+    const widths = [[480, 5.8, 0.58], [920, 5.5, 0.81], [1420, 6.2, 0.82], [2520, 6.4, 0.88], [4700, 7.0, 0.89]];
+    const planner = new FramePlanner(
+      new AdaptivePolicy(widths.map(([b, h, a]) => new WidthCost(b, h, a)), 17.0, 23.0),
+      new BandwidthMonitor(() => now),
+    );
+    let plans = 0;
+    const close = (a, b) => (a === null ? b === null : Math.abs(a - b) <= 1e-9 * Math.max(1, Math.abs(b)));
+    for (const e of trace.events) {
+      now = e.t;
+      if (e.op === "result") planner.result(e.bytes, e.elapsed, e.server);
+      else if (e.op === "encoded") planner.encoded(e.width, e.bytes, e.head);
+      else {
+        const [d, est] = planner.plan(e.deadline, true, e.pending);
+        assert.deepEqual([d.local, d.width, d.probe], e.decision, `plan at ${e.t}`);
+        const got = [est.bandwidthBps, est.rttMs, est.sigma, est.backlogBytes];
+        got.forEach((v, k) => assert.ok(close(v, e.estimate[k]), `estimate ${k} at ${e.t}: ${v} vs ${e.estimate[k]}`));
+        plans += 1;
+      }
+    }
+    assert.ok(plans >= 500);
+    const used = new Set(trace.events.filter((e) => e.op === "plan").map((e) => (e.decision[0] ? "local" : e.decision[1])));
+    assert.ok(used.size >= 3, `the trace should exercise several widths, got ${[...used]}`);
+  });
+}
+
+test("erfc matches known values", async () => {
+  const { erfc } = await import("../dist/splitserve.js");
+  for (const [x, want] of [[0, 1], [0.5, 0.4795001221869535], [1, 0.15729920705028513], [2, 0.004677734981047266],
+    [3, 2.209049699858544e-5], [-1, 1.8427007929497148], [6, 2.1519736712498913e-17]]) {
+    assert.ok(Math.abs(erfc(x) - want) <= 1e-14 * Math.max(want, 1e-3), `erfc(${x}) = ${erfc(x)}, want ${want}`);
+  }
+});
