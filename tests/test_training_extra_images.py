@@ -123,3 +123,38 @@ def test_capped_views_come_from_the_weighted_draw(folders):
     assert (frames == 100).all()  # only the one image with weight can be drawn
     with pytest.raises(ValueError, match="one non-negative value per image"):
         AugmentedImages(images, 4, aug, weights=[1.0, 1.0])
+
+
+@pytest.mark.slow
+def test_a_model_trains_on_a_labelled_folder_and_extra_photos(folders, tmp_path, caplog):
+    """The whole recipe with [data] extra_images: views come from both folders; held-out images are scored."""
+    from splitserve.models.backbones import build_teacher
+    from splitserve.training.recipe import train
+
+    root, extra = folders
+    weights = tmp_path / "teacher.pt"
+    torch.manual_seed(0)
+    torch.save(build_teacher("fmnist-cnn", {"num_classes": 1000, "in_channels": 3}).state_dict(), weights)
+    cfg = parse_config({
+        "seed": 1,
+        "model": {"name": "tiny-photos", "version": "1"},
+        "data": {"dataset": "labelled", "root": str(root), "input_shape": [3, 28, 28], "mean": [0.5] * 3,
+                 "std": [0.5] * 3, "short_side": 32, "extra_images": [str(extra)], "extra_cap": 1,
+                 "crops_per_epoch": 64},
+        "teacher": {"family": "fmnist-cnn", "args": {"num_classes": 1000, "in_channels": 3},
+                    "weights": str(weights), "split": "block2"},
+        "student": {"stages": [[8, 5, 2], [8, 5, 2]], "bottleneck": 4, "fractions": [0.5, 1.0],
+                    "decoder_hidden": 8},
+        "stage1": {"epochs": 2, "batch_size": 32, "normalize": True},
+        "stage2": {"epochs": 1, "batch_size": 32},
+    })  # fmt: skip
+    with caplog.at_level(logging.INFO, "splitserve.train"):
+        bundle = train(cfg, tmp_path / "models", tmp_path / "work", progress=False)
+    assert "[data] extra_images: 3 photos" in caplog.text
+    manifest = bundle.manifest
+    assert manifest["training"]["config"]["data"]["extra_images"] == [str(extra)]
+    assert manifest["training"]["images"] == ["img_0.JPEG", "img_3.JPEG", "img_5.JPEG"]  # the labelled ones
+    assert manifest["evaluation"]["frames"] == 3  # the held-out classes 0, 10, 20
+    stage1 = [h for h in manifest["training"]["history"] if h["phase"] == "stage1"]
+    assert len(stage1) == 2 and all(h["seconds"] > 0 for h in stage1)
+    assert all(w["bytes_mean"] > 0 and 0 <= w["accuracy"] <= 1 for w in manifest["widths"])
