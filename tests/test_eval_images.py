@@ -101,6 +101,7 @@ def test_eval_cli_on_a_labelled_folder(tmp_path, lite0):
     assert "top-1" in proc.stdout
 
 
+@pytest.mark.slow
 def test_eval_cli_errors_are_one_line(tmp_path):
     proc = subprocess.run(
         [str(BIN / "splitserve"), "eval", "--model", "lite0-imagenet", "--images", str(tmp_path / "nowhere")],
