@@ -37,9 +37,14 @@ def cache_dir() -> Path:
     return Path(base) / "splitserve" / "models"
 
 
+def is_safe_name(value: str) -> bool:
+    """Whether ``value`` is one plain path component: safe as a directory or file name anywhere."""
+    return bool(SAFE_NAME.fullmatch(value)) and ".." not in value
+
+
 def check_name(value: str, what: str) -> str:
     """``value`` if it is a safe model name / version (one plain path component); BundleError otherwise."""
-    if not SAFE_NAME.fullmatch(value) or ".." in value:
+    if not is_safe_name(value):
         raise BundleError(
             f"{what} {value[:80]!r} is not a plain name (letters, digits, '.', '_', '+', '-'; no '..'); refused"
         )

@@ -37,6 +37,17 @@ def load_tokens(path: str | Path) -> dict[str, str]:
     return tokens
 
 
+def bearer_client(tokens: dict[str, str], authorization: str) -> str | None:
+    """The client an ``authorization`` value ("Bearer <token>") names, or None; the same for gRPC and HTTP."""
+    if not authorization.startswith("Bearer "):
+        return None
+    given = authorization[7:].strip()
+    for token, name in tokens.items():
+        if hmac.compare_digest(given, token):
+            return name
+    return None
+
+
 def _deny(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
     async def abort(request, context):  # type: ignore[no-untyped-def]
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
@@ -62,11 +73,8 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
 
     def _client(self, metadata) -> str | None:  # type: ignore[no-untyped-def]
         for key, value in metadata or ():
-            if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
-                given = value[7:].strip()
-                for token, name in self.tokens.items():
-                    if hmac.compare_digest(given, token):
-                        return name
+            if key == "authorization" and isinstance(value, str):
+                return bearer_client(self.tokens, value)
         return None
 
     async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]

@@ -20,14 +20,14 @@ Browsers on other origins are let in only from ``--cors-origin`` (repeatable; no
 
 from __future__ import annotations
 
-import hmac
 import logging
 import ssl
 from pathlib import Path
 
 from aiohttp import web
 
-from splitserve.device_client.bundles import SAFE_NAME
+from splitserve.device_client.bundles import is_safe_name
+from splitserve.edge_server.auth import bearer_client
 from splitserve.edge_server.repository import UnknownModel
 from splitserve.proto import edge_inference_pb2 as pb
 
@@ -112,8 +112,7 @@ class HttpFrontend:
     def _authorize(self, request: web.Request) -> None:
         if not self.tokens:
             return
-        given = request.headers.get("Authorization", "")
-        if given.startswith("Bearer ") and any(hmac.compare_digest(given[7:].strip(), t) for t in self.tokens):
+        if bearer_client(self.tokens, request.headers.get("Authorization", "")) is not None:
             return
         log.warning("refused HTTP %s %s: missing or invalid bearer token", request.method, request.path)
         raise web.HTTPUnauthorized(text="missing or invalid bearer token (send 'Authorization: Bearer <token>')\n",
@@ -161,7 +160,7 @@ class HttpFrontend:
     async def bundle_file(self, request: web.Request) -> web.StreamResponse:
         self._authorize(request)
         name, version, file = (request.match_info[k] for k in ("name", "version", "file"))
-        if not all(SAFE_NAME.fullmatch(v) and ".." not in v for v in (name, version, file)):
+        if not all(map(is_safe_name, (name, version, file))):
             raise web.HTTPNotFound(text="no such file\n")
         try:
             bundle = self.service.repository.resolve(name, version).bundle
@@ -183,7 +182,7 @@ class HttpFrontend:
         self._authorize(request)
         name = request.match_info["name"]
         path = SAMPLES / f"{name}.npz"
-        if not SAFE_NAME.fullmatch(name) or ".." in name or not path.is_file():
+        if not is_safe_name(name) or not path.is_file():
             raise web.HTTPNotFound(text=f"no sample {name!r}\n")
         return web.FileResponse(path, headers={"Cache-Control": "public, max-age=86400"})
 

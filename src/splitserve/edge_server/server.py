@@ -127,10 +127,11 @@ class EdgeServer:
             self.service.metrics = self.metrics
             self.repository.metrics = self.metrics
         self.interceptors = []
-        if cfg.tokens:
-            tokens = load_tokens(cfg.tokens)
-            self.interceptors.append(TokenAuthInterceptor(tokens, cfg.public_health))
-            log.info("bearer-token auth on (%d tokens%s)", len(tokens), "; health public" if cfg.public_health else "")
+        self.tokens = load_tokens(cfg.tokens) if cfg.tokens else None  # for gRPC and HTTP alike
+        if self.tokens:
+            self.interceptors.append(TokenAuthInterceptor(self.tokens, cfg.public_health))
+            log.info("bearer-token auth on (%d tokens%s)", len(self.tokens),
+                     "; health public" if cfg.public_health else "")  # fmt: skip
         self.server: grpc.aio.Server | None = None
         self.http = None  # HttpFrontend, with --http-port
         self.port = cfg.port
@@ -168,7 +169,7 @@ class EdgeServer:
         await self.server.start()
         grpc_s = time.perf_counter() - t1
         if self.cfg.http_port:
-            await self._start_http(tokens=load_tokens(self.cfg.tokens) if self.cfg.tokens else None)
+            await self._start_http()
         if self.metrics is not None and self.serve_metrics:
             self.metrics.serve(self.cfg.metrics_port, self.cfg.metrics_host)
             log.info("metrics on http://%s:%d/metrics", self.cfg.metrics_host, self.cfg.metrics_port)
@@ -186,13 +187,13 @@ class EdgeServer:
         for warning in exposure_warnings(self.cfg):
             log.warning("%s", warning)
 
-    async def _start_http(self, tokens: dict[str, str] | None) -> None:
+    async def _start_http(self) -> None:
         from splitserve.edge_server.http import HttpFrontend, ssl_context
 
         if self.service.webrtc is None:
             raise RuntimeError("--http-port serves WebRTC peers: pip install 'splitserve[webrtc]'")
         web_root = Path(self.cfg.web_root) if self.cfg.web_root else default_web_root()
-        self.http = HttpFrontend(self.service, tokens, self.cfg.cors_origins, self.cfg.max_offer_bytes, web_root)
+        self.http = HttpFrontend(self.service, self.tokens, self.cfg.cors_origins, self.cfg.max_offer_bytes, web_root)
         context = ssl_context(self.cfg.tls_cert, self.cfg.tls_key) if self.cfg.tls_cert else None
         port = await self.http.start(self.cfg.host, self.cfg.http_port, context)
         log.info("HTTP%s for browsers on %s:%d (WHIP at /v1/whip, bundles at /v1/bundles/)",

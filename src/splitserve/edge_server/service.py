@@ -94,13 +94,9 @@ class EdgeInferenceService(pb_grpc.EdgeInferenceServicer):
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this server has no WebRTC (pip install aiortc)")
         if self.draining.is_set():
             await context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down")
-        if self.max_streams is not None and len(self.sessions) >= self.max_streams:
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, f"this server already has {len(self.sessions)} streams open"
-            )
         from splitserve.edge_server.webrtc import SignalError, StreamsExhausted
 
-        try:  # the peer counts toward --max-streams before anything is awaited: no burst overshoots it
+        try:  # --max-streams is checked there, and the peer counted before anything is awaited
             return await self.webrtc.answer(request)
         except StreamsExhausted as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))

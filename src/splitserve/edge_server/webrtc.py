@@ -50,7 +50,7 @@ class SignalError(ValueError):
 
 
 class StreamsExhausted(RuntimeError):
-    """Not now: the server is draining, or has --max-streams sessions open (UNAVAILABLE, HTTP 503)."""
+    """Not now: the server is draining, or has --max-streams sessions open (RESOURCE_EXHAUSTED, HTTP 503)."""
 
 
 class Peer:
@@ -196,13 +196,12 @@ class WebRTCPeers:
                 peer.end()
 
         try:
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
-            await pc.setLocalDescription(await pc.createAnswer())
-        except (ValueError, AssertionError, KeyError, IndexError, TypeError) as exc:  # aiortc's SDP parser raises these
-            service.sessions.discard(session)
-            await pc.close()
-            raise SignalError(f"cannot use the SDP offer: {exc or type(exc).__name__}") from None
-        except BaseException:
+            try:
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
+                await pc.setLocalDescription(await pc.createAnswer())
+            except (ValueError, AssertionError, KeyError, IndexError, TypeError) as exc:  # aiortc's SDP parser's
+                raise SignalError(f"cannot use the SDP offer: {exc or type(exc).__name__}") from None
+        except BaseException:  # no peer: its place under --max-streams is free again
             service.sessions.discard(session)
             await pc.close()
             raise
