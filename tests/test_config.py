@@ -51,11 +51,21 @@ def test_server_flags_override_the_file_which_overrides_defaults(tmp_path):
         ({"tls_cert": "c.pem"}, "needs both"),
         ({"log_format": "xml"}, "text or json"),
         ({"tokens": "/no/such/tokens"}, "tokens: file not found"),
+        ({"max_connection_age": -1}, "max_connection_age must be >= 0"),
     ],
 )
 def test_server_settings_are_validated(overrides, message):
     with pytest.raises(ServerConfigError, match=message):
         build_config(None, dict(overrides))
+
+
+def test_max_connection_age_reaches_grpc_with_a_grace_for_frames_in_flight():
+    from splitserve.edge_server.server import channel_options
+
+    assert "grpc.max_connection_age_ms" not in dict(channel_options(build_config(None, {})))
+    options = dict(channel_options(build_config(None, {"max_connection_age": 60, "drain_timeout": 5})))
+    assert options["grpc.max_connection_age_ms"] == 60_000
+    assert options["grpc.max_connection_age_grace_ms"] == 5_000
 
 
 def test_model_batching_layers_defaults_model_file_and_flags(tmp_path):

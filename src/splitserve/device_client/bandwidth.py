@@ -121,6 +121,14 @@ class BandwidthMonitor:
         self._innovation_sq = r_init
         self._t: float | None = None  # time of the last update
         self._rtts: collections.deque[tuple[float, int, float]] = collections.deque()  # time, bytes, network ms
+        # The window's least network time and its least and largest frame, as monotonic queues of
+        # (sequence number, value), so that each costs O(1) per frame (the fleet simulator runs
+        # this code for every frame of every device).
+        self._seq = 0  # sequence number of the next entry
+        self._first = 0  # sequence number of _rtts[0]
+        self._least_n: collections.deque[tuple[int, float]] = collections.deque()
+        self._least_b: collections.deque[tuple[int, int]] = collections.deque()
+        self._most_b: collections.deque[tuple[int, int]] = collections.deque()
         self._rtt_fit: float | None = None
         self._server_ms = 0.0
         self._answered_sent = -math.inf  # send time of the latest-sent frame whose result came back
@@ -142,16 +150,27 @@ class BandwidthMonitor:
         now = self.clock()
         while self._rtts and now - self._rtts[0][0] > self.rtt_window_s:
             self._rtts.popleft()
+            self._first += 1
+        for queue in (self._least_n, self._least_b, self._most_b):
+            while queue and queue[0][0] < self._first:
+                queue.popleft()
         if not self._rtts:
             return self._rtt_fit
-        raw = min(n for _, _, n in self._rtts)
-        recent = [e for e in self._rtts if now - e[0] <= self.fit_recent_s]
+        raw = self._least_n[0][1]
+        recent = []  # the entries of the last fit_recent_s: a suffix, as entries come in time order
+        for e in reversed(self._rtts):
+            if now - e[0] > self.fit_recent_s:
+                break
+            recent.append(e)
+        recent.reverse()
         fit = self._fit(recent)
         if fit is not None:
             self._rtt_fit = fit
         else:
-            # points seconds apart may have seen different rates: such a fit may only lower the RTT
-            fit = self._fit(self._rtts)
+            # points seconds apart may have seen different rates: such a fit may only lower the RTT.
+            # No frame twice the smallest's size in the window: no fit (what _fit would find, cheaply).
+            two_sizes = self._most_b[0][1] >= 2 * self._least_b[0][1]
+            fit = self._fit(self._rtts) if two_sizes else None
             if fit is not None and (self._rtt_fit is None or fit < self._rtt_fit):
                 self._rtt_fit = fit
         return raw if self._rtt_fit is None else min(self._rtt_fit, raw)
@@ -199,6 +218,13 @@ class BandwidthMonitor:
         network_ms = max(elapsed_ms - server_ms, 0.0)
         self._answered_sent = max(self._answered_sent, self.clock() - elapsed_ms / 1e3)
         self._rtts.append((self.clock(), nbytes, network_ms))
+        seq, self._seq = self._seq, self._seq + 1
+        for queue, value, keep in ((self._least_n, network_ms, lambda old: old < network_ms),
+                                   (self._least_b, nbytes, lambda old: old < nbytes),
+                                   (self._most_b, nbytes, lambda old: old > nbytes)):  # fmt: skip
+            while queue and not keep(queue[-1][1]):
+                queue.pop()
+            queue.append((seq, value))
         rtt = self.rtt_ms() or 0.0
         transfer_ms = network_ms - rtt
         resolvable_ms = max(self.min_transfer_ms, self.min_transfer_share * network_ms)

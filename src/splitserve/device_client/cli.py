@@ -138,6 +138,7 @@ def record(i: int, t: float, p) -> dict:  # type: ignore[no-untyped-def]
         "device_ms": round(p.device_ms, 3), "pred": p.index if p.ok else None,
         "bw_bps": p.bandwidth_bps, "rtt_ms": p.rtt_ms, "server_ms": p.server.get("total_ms"),
         "attempts": p.attempts, "error": p.error,
+        "batch": p.server.get("batch_size"), "tail_ms": p.server.get("tail_ms"), "decode_ms": p.server.get("decode_ms"),
     }  # fmt: skip
 
 

@@ -22,6 +22,16 @@ from splitserve.proto import edge_inference_pb2 as pb
 log = logging.getLogger("splitserve.device")
 
 
+def reconnect_delay(attempt: int, max_backoff_s: float, jitter: float) -> float:
+    """Seconds to wait before reconnect number ``attempt + 1`` (0: the link had just answered).
+
+    Exponential from 0.1 s, capped at ``max_backoff_s``, times ``jitter`` in [0.5, 1] (random in
+    the client) so that devices a server dropped together do not all come back at once. The
+    fleet simulator (simulator/fleet) waits exactly this long.
+    """
+    return min(max_backoff_s, 0.1 * 2**attempt) * jitter
+
+
 class ConnectionSupervisor:
     def __init__(self, transport: Transport, ledger: FrameLedger, target: str, max_backoff_s: float,
                  on_result: Callable[[pb.Result], None]) -> None:  # fmt: skip
@@ -63,7 +73,7 @@ class ConnectionSupervisor:
                 break
             attempt = 0 if answered else attempt + 1
             self.ledger.requeue()
-            delay = min(self.max_backoff_s, 0.1 * 2**attempt) * random.uniform(0.5, 1.0)
+            delay = reconnect_delay(attempt, self.max_backoff_s, random.uniform(0.5, 1.0))
             log.warning("stream to %s broke (%s); reconnecting in %.2f s", self.target, reason, delay)
             self.reconnects += 1
             await asyncio.sleep(delay)

@@ -42,6 +42,8 @@ _FLAGS: dict[str, tuple[type, str]] = {
     "max_streams": (int, "concurrent streams before RESOURCE_EXHAUSTED (default 1024)"),
     "poll_interval": (float, "seconds between scans of --models for new versions (default 0: never)"),
     "drain_timeout": (float, "seconds to answer in-flight frames on SIGTERM (default 20)"),
+    "max_connection_age": (float, "seconds after which a device's stream is ended gracefully so that it "
+                                  "reconnects through the balancer (default 0: never)"),
     "tokens": (str, "file of bearer tokens (one per line, optionally 'client-name token'); enables auth"),
     "tls_cert": (str, "PEM server certificate (enables TLS)"),
     "tls_key": (str, "PEM server private key"),

@@ -52,6 +52,9 @@ class ServerConfig:
     # lifecycle
     poll_interval: float = 0.0  # seconds between model repository scans; 0 = never
     drain_timeout: float = 20.0
+    # > 0: a stream older than this (+-10 %) is ended gracefully and the device reconnects, through the
+    # balancer, so that new replicas get streams too (simulate fleet: pinned streams never move otherwise)
+    max_connection_age: float = 0.0
     # security
     tokens: str = ""  # file of bearer tokens; "" = no auth
     tls_cert: str = ""
@@ -87,6 +90,8 @@ class ServerConfig:
             raise ServerConfigError(f"max_tags_bytes must be >= 0, got {self.max_tags_bytes}")
         if self.max_frame_bytes > self.max_message_bytes:
             raise ServerConfigError("max_frame_bytes cannot exceed max_message_bytes")
+        if self.max_connection_age < 0:
+            raise ServerConfigError("max_connection_age must be >= 0 (0: streams never age out)")
         if self.workers < 0:
             raise ServerConfigError(f"workers must be >= 0 (0 picks one per 4 cores), got {self.workers}")
         if self.decode_threads < 1:

@@ -32,7 +32,11 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EdgeInference"].full_name
 
 
 def channel_options(cfg: ServerConfig) -> list[tuple[str, int]]:
-    return [
+    age = []
+    if cfg.max_connection_age > 0:  # gRPC adds +-10 % jitter; the grace lets frames in flight finish
+        age = [("grpc.max_connection_age_ms", int(cfg.max_connection_age * 1e3)),
+               ("grpc.max_connection_age_grace_ms", int(cfg.drain_timeout * 1e3))]  # fmt: skip
+    return age + [
         ("grpc.max_receive_message_length", cfg.max_message_bytes),
         ("grpc.max_send_message_length", cfg.max_message_bytes),
         # Mobile devices sleep and roam: let them keep idle streams alive with pings.

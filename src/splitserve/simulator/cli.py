@@ -5,6 +5,7 @@
     simulate --bandwidth 2mbps --loss 1% --netns               # kernel TCP over TUN devices (root)
     simulate --loss 5% --netns --transport grpc,webrtc         # TCP stream vs unordered datachannel
     simulate sweep --bandwidth 0.1mbps..50mbps --plot sweep.png  # analytic model, crossover points
+    simulate fleet --devices 2000 --servers 12 --fail 120s:3      # many devices and servers (docs/plan.md)
 
 Strategies: local, jpeg[:Q], webp[:Q], png, fp16, int8, split:W, adaptive (default: local, jpeg,
 png, int8, every split width, adaptive). Device compute is measured on this machine; with
@@ -294,6 +295,14 @@ def sweep_main(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "fleet":
+        from splitserve.simulator.fleet.cli import main as fleet_main
+
+        try:
+            return fleet_main(argv[1:])
+        except ValueError as exc:
+            print(f"simulate fleet: {exc}", file=sys.stderr)
+            return 2
     sweep = bool(argv) and argv[0] == "sweep"
     args = parser(sweep).parse_args(argv[1:] if sweep else argv)
     from splitserve.logs import setup_logging

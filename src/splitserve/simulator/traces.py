@@ -37,6 +37,12 @@ class Trace:
     def mean_rate_bps(self) -> float:
         return len(self.opportunities_ms) * MTU * 8 / (self.period_ms / 1000)
 
+    def rotated(self, offset_s: float) -> Trace:
+        """The same trace started ``offset_s`` into its period (as a fleet cell's trace starts)."""
+        off = int(round(offset_s * 1e3)) % self.period_ms
+        opps = np.sort((self.opportunities_ms - off) % self.period_ms)
+        return Trace(opps.astype(np.int64), self.period_ms, f"{self.name}@{off / 1e3:g}s")
+
     def rate_series(self, bin_ms: int = 1000) -> tuple[np.ndarray, np.ndarray]:
         """(bin start ms, rate in bits/s) over one period, for plots."""
         bins = np.arange(0, self.period_ms + bin_ms, bin_ms)
