@@ -85,8 +85,8 @@ def main() -> int:
         m["scale"] = scale_run(model, args.devices, args.minutes, servers, max(servers, 2 * args.devices // per_server))
         result["models"][model] = m
         c, a, s = cap, m["aggregation_check"], m["scale"]
-        print(f"{model}: one server ({c['server']}) carries {c['devices_per_server']} devices at <= "
-              f"{c['miss_target']:.1%} misses (links alone {c['link_only_miss']:.1%}); "
+        print(f"{model}: one server ({c['server']}) carries {c['devices_per_server']} devices at "
+              f"{c['miss_at_capacity']:.1%} misses (links alone {c['link_only_miss']:.1%}); "
               f"{c['server_hours_per_million_frames']:.3f} server-hours per million frames; "
               f"{c['servers_for_100k_devices']} servers for 100,000 devices")  # fmt: skip
         c2 = m["capacity_steady_10mbps"]

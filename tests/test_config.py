@@ -59,13 +59,13 @@ def test_server_settings_are_validated(overrides, message):
         build_config(None, dict(overrides))
 
 
-def test_max_connection_age_reaches_grpc_with_a_grace_for_frames_in_flight():
+def test_max_connection_age_reaches_grpc_with_a_short_grace():
     from splitserve.edge_server.server import channel_options
 
     assert "grpc.max_connection_age_ms" not in dict(channel_options(build_config(None, {})))
-    options = dict(channel_options(build_config(None, {"max_connection_age": 60, "drain_timeout": 5})))
+    options = dict(channel_options(build_config(None, {"max_connection_age": 60})))
     assert options["grpc.max_connection_age_ms"] == 60_000
-    assert options["grpc.max_connection_age_grace_ms"] == 5_000
+    assert options["grpc.max_connection_age_grace_ms"] == 2_000
 
 
 def test_model_batching_layers_defaults_model_file_and_flags(tmp_path):

@@ -206,3 +206,22 @@ def test_simulate_fleet_cli(tmp_path) -> None:
     assert data["scale_events"][0]["event"] == "failure"
     bad = subprocess.run([*cmd[:4], "--fail", "later"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "cannot read duration 'later'" in bad.stderr
+
+
+def test_capacity_finds_the_devices_a_server_carries(tmp_path) -> None:
+    """On a steady link the servers decide: a server of ~400 frames/s carries ~30-40 devices at 10 fps."""
+    from splitserve.simulator.fleet.cli import capacity, parser
+    from splitserve.simulator.traces import save_trace
+
+    save_trace(make_trace([(60.0, 20e6)]), tmp_path / "steady.up")
+    rows = [{"streams": s, "on": {"frames_per_s": fps, "mean_batch": b}}
+            for s, fps, b in ((1, 100.0, 1.0), (8, 333.3, 8.0), (32, 400.0, 32.0))]  # fmt: skip
+    (tmp_path / "st.json").write_text(json.dumps({"device": "cpu", "rows": rows}))
+    args = parser().parse_args(["--model", "fmnist-split", "--traces", str(tmp_path / "steady.up"),
+                                "--service", str(tmp_path / "st.json")])  # fmt: skip
+    cap = capacity(args, progress=False)
+    assert 20 <= cap["devices_per_server"] <= 40, cap["runs"]
+    assert cap["link_only_miss"] == 0.0 and cap["miss_at_capacity"] <= 0.05
+    assert cap["servers_for_100k_devices"] == -(-100_000 // cap["devices_per_server"])
+    bigger = [v["miss"] for k, v in cap["runs"].items() if int(k) > cap["devices_per_server"]]
+    assert bigger and min(bigger) > 0.05  # every larger fleet tried missed more

@@ -18,6 +18,11 @@ class ServerConfigError(ValueError):
     """A setting is invalid; the message names it."""
 
 
+# How long an aged connection's stream may go on after GOAWAY: a device holds one stream for ever, so
+# this is when it moves; frames unanswered then are sent again on the next stream.
+MAX_CONNECTION_AGE_GRACE_S = 2.0
+
+
 @dataclass
 class BatchingConfig:
     max_batch: int = 32
@@ -52,8 +57,9 @@ class ServerConfig:
     # lifecycle
     poll_interval: float = 0.0  # seconds between model repository scans; 0 = never
     drain_timeout: float = 20.0
-    # > 0: a stream older than this (+-10 %) is ended gracefully and the device reconnects, through the
-    # balancer, so that new replicas get streams too (simulate fleet: pinned streams never move otherwise)
+    # > 0: a connection older than this (+-10 %) gets GOAWAY and its stream ends MAX_CONNECTION_AGE_GRACE_S
+    # later; the device reconnects through the balancer (and sends again what was unanswered), so that
+    # new replicas get streams too (simulate fleet: pinned streams never move otherwise)
     max_connection_age: float = 0.0
     # security
     tokens: str = ""  # file of bearer tokens; "" = no auth

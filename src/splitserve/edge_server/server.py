@@ -18,7 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from splitserve.devices import resolve_device
 from splitserve.edge_server.auth import TokenAuthInterceptor, load_tokens
-from splitserve.edge_server.config import ServerConfig
+from splitserve.edge_server.config import MAX_CONNECTION_AGE_GRACE_S, ServerConfig
 from splitserve.edge_server.inference import InferencePipeline
 from splitserve.edge_server.metrics import ServerMetrics
 from splitserve.edge_server.repository import ModelRepository
@@ -33,9 +33,9 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EdgeInference"].full_name
 
 def channel_options(cfg: ServerConfig) -> list[tuple[str, int]]:
     age = []
-    if cfg.max_connection_age > 0:  # gRPC adds +-10 % jitter; the grace lets frames in flight finish
+    if cfg.max_connection_age > 0:  # gRPC adds +-10 % jitter
         age = [("grpc.max_connection_age_ms", int(cfg.max_connection_age * 1e3)),
-               ("grpc.max_connection_age_grace_ms", int(cfg.drain_timeout * 1e3))]  # fmt: skip
+               ("grpc.max_connection_age_grace_ms", int(MAX_CONNECTION_AGE_GRACE_S * 1e3))]  # fmt: skip
     return age + [
         ("grpc.max_receive_message_length", cfg.max_message_bytes),
         ("grpc.max_send_message_length", cfg.max_message_bytes),

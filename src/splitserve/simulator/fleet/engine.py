@@ -32,6 +32,7 @@ import numpy as np
 from splitserve.device_client.bandwidth import BandwidthMonitor
 from splitserve.device_client.policy import AdaptivePolicy, FixedPolicy, FramePlanner
 from splitserve.device_client.supervisor import reconnect_delay
+from splitserve.edge_server.config import MAX_CONNECTION_AGE_GRACE_S
 from splitserve.simulator.fleet.links import DeviceLink, ShareCurve
 from splitserve.simulator.fleet.scenario import HPA_TOLERANCE, FleetScenario
 from splitserve.simulator.fleet.servers import Balancer, Piece, ServerGroup
@@ -60,6 +61,7 @@ class FrameRecord:
     width: int
     deadline_at: float
     outstanding: float  # weight whose outcome is still to come
+    probe: bool = False  # a local frame's probe: its result feeds the bandwidth monitor, it is no outcome
     transit: list[Piece] = field(default_factory=list)
 
 
@@ -302,12 +304,17 @@ class FleetSim:
             ms = self.sc.costs.local_ms or 0.0
             d.device_free = start + ms / 1e3
             self.tl.outcome(now, d.weight, (d.device_free - now) * 1e3, local=True)
-            return
+            if not (decision.probe and d.state == "up"):
+                return
+            # the probe: the narrowest width of the same frame, after the local model, its result
+            # for the bandwidth monitor only (it has no deadline and is no outcome)
+            start = d.device_free
         cost = self.sc.costs.widths[decision.width]
         head_ms = cost.head_ms
         d.device_free = sent = start + head_ms / 1e3
         d.planner.encoded(decision.width, int(cost.bytes), head_ms)
-        rec = FrameRecord(d, now, sent, cost.bytes, decision.width, now + self.sc.deadline_ms / 1e3, d.weight)
+        deadline_at = math.inf if decision.local else now + self.sc.deadline_ms / 1e3
+        rec = FrameRecord(d, now, sent, cost.bytes, decision.width, deadline_at, d.weight, probe=decision.local)
         if d.state == "up":
             self._send(d, rec, sent)
         else:
@@ -326,7 +333,7 @@ class FleetSim:
                       server_ms: float = 0.0) -> None:  # fmt: skip
         rec: FrameRecord = piece.record  # type: ignore[assignment]
         d = rec.device
-        if piece.weight > _EPS:
+        if piece.weight > _EPS and not rec.probe:
             self.tl.outcome(rec.capture, piece.weight, latency_ms, rec.width, rec.nbytes, why=why)
         rec.outstanding -= piece.weight
         piece.weight = 0.0
@@ -371,22 +378,22 @@ class FleetSim:
             g.try_at = start
             self._at(start, "try", g)
             return
-        taken, expired, end = g.start_batch(now)
+        taken, expired, done_at, free_at = g.start_batch(now)
         back = self.sc.delay_ms / 1e3
         for piece in expired:  # DEADLINE_EXCEEDED, not computed
             self._at(now + back, "result", piece, None, "expired", 0.0)
         if taken:
-            self.tl.busy_s[self.tl._b(now)] += (end - now) * g.servers
-            self._at(end, "done", g)
+            self.tl.busy_s[self.tl._b(now)] += (free_at - now) * g.servers
+            for piece in taken:
+                server_ms = (done_at - piece.arrived) * 1e3
+                latency_ms = (done_at + back - piece.record.capture) * 1e3  # type: ignore[attr-defined]
+                self._at(done_at + back, "result", piece, latency_ms, None, server_ms)
+            self._at(free_at, "done", g)
         else:
             self._schedule_batch(g)
 
     def _done(self, g: ServerGroup) -> None:
-        now = self.clock.now
-        back = self.sc.delay_ms / 1e3
-        for piece in g.finish_batch():
-            server_ms = (now - piece.arrived) * 1e3
-            self._at(now + back, "result", piece, (now + back - piece.record.capture) * 1e3, None, server_ms)  # type: ignore[attr-defined]
+        g.finish_batch()
         if g.up:
             self._schedule_batch(g)
 
@@ -430,8 +437,8 @@ class FleetSim:
             return
         d.state = "up"
         d.attempt = 0
-        if self.sc.max_connection_age_s > 0:  # gRPC's max_connection_age, with its +-10 % jitter
-            age = self.sc.max_connection_age_s * float(self.rng.uniform(0.9, 1.1))
+        if self.sc.max_connection_age_s > 0:  # gRPC's max_connection_age (+-10 %), then the grace
+            age = self.sc.max_connection_age_s * float(self.rng.uniform(0.9, 1.1)) + MAX_CONNECTION_AGE_GRACE_S
             self._at(now + age, "aged", d, g, d.epoch)
         waiting, d.unsent = d.unsent, []
         for rec in waiting:  # the ledger's unsent frames go out now, if their deadline allows
@@ -441,8 +448,9 @@ class FleetSim:
                 self.tl.outcome(rec.capture, rec.outstanding, None, rec.width, rec.nbytes, why="lost")
 
     def _aged(self, d: Device, g: ServerGroup, epoch: int) -> None:
-        """The server ended an old stream gracefully (GOAWAY): what is in flight is answered there, and
-        the device reconnects through the balancer, as after any stream that had answered."""
+        """The server ended an old stream (GOAWAY, then the grace): the device reconnects through the
+        balancer, as after any stream that had answered, and sends again what was unanswered (here:
+        what was in flight is answered on the old server)."""
         if epoch != d.epoch or d.group is not g or d.state != "up":
             return
         self._detach(d)

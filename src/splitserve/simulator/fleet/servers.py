@@ -78,8 +78,13 @@ class ServerGroup:
             return now
         return max(now, arrived + self.max_delay_s)
 
-    def start_batch(self, now: float) -> tuple[list[Piece], list[Piece], float]:
-        """Take the oldest queue's batch: (pieces computed, pieces expired unanswered, batch end)."""
+    def start_batch(self, now: float) -> tuple[list[Piece], list[Piece], float, float]:
+        """Take the oldest queue's batch: (pieces computed, pieces expired unanswered, when their results
+        are ready, when the group is free again).
+
+        Aggregated, a batch of n < 1 frame per server is a batch of one on a fraction n of the servers,
+        the others idle: its frames take a batch of one's time, the group is busy n times that (on
+        average over its servers, which is what lets the next batch start)."""
         heads = [(q[0].arrived, w) for w, q in self.queues.items() if q]
         _, width = min(heads)
         queue = self.queues[width]
@@ -102,12 +107,13 @@ class ServerGroup:
                 room = 0.0
         n = self.max_batch - room
         if not taken:
-            return [], expired, now
+            return [], expired, now, now
         service_s = self.curve.ms(n) / 1e3
+        busy_s = service_s * min(n, 1.0)
         self.batch = taken
-        self.busy_until = now + service_s
-        self.busy_s += service_s
-        return taken, expired, self.busy_until
+        self.busy_until = now + busy_s
+        self.busy_s += busy_s
+        return taken, expired, now + service_s, self.busy_until
 
     def finish_batch(self) -> list[Piece]:
         done, self.batch = self.batch, []
