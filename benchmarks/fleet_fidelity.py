@@ -139,7 +139,8 @@ def real_run(args, traces, placements, workdir: Path) -> dict:  # type: ignore[n
             frames.append(r)
     late = [i for i in range(len(clients)) if "starting late" in (workdir / f"device{i}.log").read_text()]
     run = {"kill_at_s": killed - start_at, "down_s": serving - killed, "late_devices": late,
-           "placements": placements}  # fmt: skip
+           "placements": placements, "seconds": args.seconds, "fps": args.fps, "deadline_ms": args.deadline_ms,
+           "delay_ms": args.delay_ms}  # fmt: skip
     (workdir / "run.json").write_text(json.dumps(run) + "\n")
     return {"frames": frames, **run}
 
@@ -234,6 +235,8 @@ def main() -> int:
         run = replayed_run(args.replay)
         placements = [tuple(p) for p in run["placements"]]
         args.devices = len(placements)
+        for key in ("seconds", "fps", "deadline_ms", "delay_ms"):  # as the kept run had them
+            setattr(args, key, run.get(key, getattr(args, key)))
     else:
         workdir = args.keep or Path(tempfile.mkdtemp(prefix="fleet-fidelity-"))
         workdir.mkdir(parents=True, exist_ok=True)
@@ -284,6 +287,7 @@ def main() -> int:
         "default_inputs": {"head_ms": [w.head_ms for w in default_costs.widths], "local_ms": default_costs.local_ms,
                            "service": load_service_curve(results_path(args.model)).describe()},
         "real_local_share": len(local) / max(len(run["frames"]), 1),
+        "replayed_from": str(args.replay) if args.replay else None,
         "real": real, "model_measured_inputs": measured, "model_default_inputs": default,
         "model_detail": {k: measured_full[k] for k in ("local", "width_share", "lost", "expired_at_server", "events")},
         "within_target": checks, "wall_s": round(time.time() - t0, 1), "load_after": os.getloadavg(),

@@ -8,8 +8,8 @@
 - a morning ramp (10 % to 100 % of the devices over 3 minutes) under the chart's autoscaler (its
   default target, 32 frames in flight per pod), with and without --max-connection-age.
 
-Servers are sized from the steady-link capacity that benchmarks/fleet_scale.py measured (its JSON),
-with 25 % headroom. Prints a table and writes JSON (default benchmarks/results/fleet_plan_<model>.json).
+Servers are sized from the capacity on the cellular traces that benchmarks/fleet_scale.py measured
+(its JSON), with 25 % headroom. Prints a table and writes JSON (default benchmarks/results/fleet_plan_<model>.json).
 """
 
 from __future__ import annotations
@@ -45,10 +45,10 @@ def main() -> int:
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     scale = json.loads((ROOT / "benchmarks" / "results" / "fleet_scale.json").read_text())
-    per_server = scale["models"][args.model]["capacity_steady_10mbps"]["devices_per_server"]
+    per_server = scale["models"][args.model]["capacity"]["devices_per_server"]
     servers = max(2, math.ceil(args.devices / (per_server * 0.8)))
     m = args.model
-    out: dict = {"model": m, "devices": args.devices, "servers": servers, "devices_per_server_steady": per_server}
+    out: dict = {"model": m, "devices": args.devices, "servers": servers, "devices_per_server": per_server}
 
     cell = TRACES / "Verizon-LTE-short.up"
     out["cell"] = {
@@ -69,7 +69,7 @@ def main() -> int:
         key = f"HPA target 32{' age 60s' if age else ''}"
         out["ramp"][key] = run(m, ["--devices", str(args.devices), "--minutes", "6"], servers=auto.min_servers,
                                autoscale=auto, max_connection_age_s=age, **ramp)  # fmt: skip
-    print(f"{m}: {args.devices} devices, {servers} servers ({per_server} per server on a steady link, 25 % headroom)")
+    print(f"{m}: {args.devices} devices, {servers} servers ({per_server} per server on the traces, 25 % headroom)")
     print(f"{'scenario':<34} {'miss':>6} {'p95 ms':>7} {'worst min':>9} {'servers max':>11} {'server-h':>8}")
     for group in ("cell", "failure", "ramp"):
         for name, r in out[group].items():
