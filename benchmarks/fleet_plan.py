@@ -5,8 +5,8 @@
 - a shared cell: 50 phones in one cell against 50 phones each on its own link (same trace);
 - a failure: a tenth of the servers die for 30 s; round-robin against least-connections, with and
   without --max-connection-age;
-- a morning ramp (10 % to 100 % of the devices over 3 minutes) under the chart's autoscaler (its
-  default target, 32 frames in flight per pod), with and without --max-connection-age.
+- a morning ramp (10 % to 100 % of the devices over 3 minutes) under the chart's autoscaler: its
+  default target (32 frames in flight per pod) with and without --max-connection-age, and a target of 4.
 
 Servers are sized from the capacity on the cellular traces that benchmarks/fleet_scale.py measured
 (its JSON), with 25 % headroom. Prints a table and writes JSON (default benchmarks/results/fleet_plan_<model>.json).
@@ -64,9 +64,9 @@ def main() -> int:
     }  # fmt: skip
     ramp = dict(profile=Profile.parse("ramp:60s..240s", 0.1), tiers=4)
     out["ramp"] = {}
-    for age in (0.0, 60.0):
-        auto = Autoscale(max(1, servers // 10), servers * 2, target=32.0, startup_s=30.0, down_window_s=300.0)
-        key = f"HPA target 32{' age 60s' if age else ''}"
+    for target, age in ((32.0, 0.0), (32.0, 60.0), (4.0, 60.0)):
+        auto = Autoscale(max(1, servers // 10), servers * 2, target=target, startup_s=30.0, down_window_s=300.0)
+        key = f"HPA target {target:g}{' age 60s' if age else ''}"
         out["ramp"][key] = run(m, ["--devices", str(args.devices), "--minutes", "6"], servers=auto.min_servers,
                                autoscale=auto, max_connection_age_s=age, **ramp)  # fmt: skip
     print(f"{m}: {args.devices} devices, {servers} servers ({per_server} per server on the traces, 25 % headroom)")

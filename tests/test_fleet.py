@@ -143,6 +143,9 @@ def test_a_failure_costs_its_downtime_and_the_reconnects() -> None:
     assert s["lost"] > 0.0 and 0.15 < s["miss"] < 0.3
     assert s["worst_minute"]["start_s"] >= 10.0
     assert [e["event"] for e in res.scale_events] == ["failure"]
+    report = s["failure"]
+    assert report["miss_before"] < 0.01 and report["worst_5s"]["miss"] > 0.95
+    assert 5.0 <= report["recovered_after_s"] <= 11.0
 
 
 def test_new_servers_only_get_new_connections_unless_streams_age() -> None:
@@ -225,3 +228,29 @@ def test_capacity_finds_the_devices_a_server_carries(tmp_path) -> None:
     assert cap["servers_for_100k_devices"] == -(-100_000 // cap["devices_per_server"])
     bigger = [v["miss"] for k, v in cap["runs"].items() if int(k) > cap["devices_per_server"]]
     assert bigger and min(bigger) > 0.05  # every larger fleet tried missed more
+
+
+def test_two_saturating_devices_halve_a_cells_share() -> None:
+    """The cell's scheduler: two devices in one cell each get half of what one alone gets."""
+    from splitserve.simulator.fleet.engine import FleetSim
+
+    for k in (1, 2):
+        sim = FleetSim(fleet(devices=2, cell_devices=k, servers=2))
+        links = [d.link for d in sim.devices]
+        assert (links[0].curve is links[1].curve) == (k == 2)  # one cell: one shared capacity
+        seconds = [link.send(200_000, 1.0) - 1.0 - 0.01 for link in links]
+        if k == 1:
+            alone = seconds[0]
+    assert seconds[0] == pytest.approx(2 * alone, rel=0.02) and seconds[1] == pytest.approx(2 * alone, rel=0.02)
+
+
+def test_a_failed_servers_devices_move_to_the_others() -> None:
+    from splitserve.simulator.fleet.engine import FleetSim
+
+    sim = FleetSim(fleet(devices=20, servers=4, duration_s=20.0, aggregate=False, failures=[Failure(5.0, 1, 60.0)]))
+    sim.run()
+    dead = [g for g in sim.groups if not g.up]
+    alive = [g for g in sim.groups if g.ready(20.0)]
+    assert len(dead) == 1 and len(alive) == 3
+    assert dead[0].connections == 0 and not dead[0].members
+    assert sum(g.connections for g in alive) == 20  # all back, on the three survivors

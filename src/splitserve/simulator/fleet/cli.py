@@ -260,6 +260,13 @@ def main(argv: list[str]) -> int:
           f"{summary['utilisation']:.0%}; {summary['server_hours_per_million_frames'] or 0:.3f} server-hours per "
           f"million frames; worst minute {wm['miss']:.1%} misses from {wm['start_s']:g} s"
           if wm else "")  # fmt: skip
+    fr = summary["failure"]
+    if fr is not None:
+        back = "not within the run" if fr["recovered_after_s"] is None else f"{fr['recovered_after_s']:g} s after it"
+        print(f"failure at {fr['failure_s']:g} s: misses {fr['miss_before']:.1%} in the minute before, worst 5 s "
+              f"{fr['worst_5s']['miss']:.1%} from {fr['worst_5s']['start_s']:g} s, back within a point {back}; "
+              f"live servers answered {fr['not_overloaded_share']:.1%} of the frames they got "
+              "(not OVERLOADED)")  # fmt: skip
     print(f"({result.entities} entities for {sc.devices:,} devices, {result.events:,} events, "
           f"{result.wall_s:.1f} s)")  # fmt: skip
     for e in result.scale_events:

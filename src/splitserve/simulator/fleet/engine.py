@@ -37,6 +37,7 @@ from splitserve.simulator.fleet.links import DeviceLink, ShareCurve
 from splitserve.simulator.fleet.scenario import HPA_TOLERANCE, FleetScenario
 from splitserve.simulator.fleet.servers import Balancer, Piece, ServerGroup
 
+HANDSHAKE_BYTES = 600  # a stream's opening bytes on the uplink: HTTP/2 preface, settings, the request headers
 JITTER_PARTS = 4  # an aggregated chunk of devices that lost its server reconnects in this many waves
 LATENCY_BIN_MS = 2.0
 LATENCY_BINS = 2000  # up to 4 s; later results land in the last bin
@@ -96,6 +97,7 @@ class Timeline:
         z = lambda: np.zeros(n)  # noqa: E731
         self.frames, self.misses, self.local, self.offloaded, self.bytes = z(), z(), z(), z(), z()
         self.lost, self.overloaded, self.expired = z(), z(), z()
+        self.received, self.rejected = z(), z()  # frames reaching a live server, and those it answered OVERLOADED
         self.devices, self.servers_up, self.servers_ready, self.busy_s = z(), z(), z(), z()
         self.width_frames: dict[int, np.ndarray] = {}
         self.windows = int(math.ceil(duration_s / WINDOW_S))
@@ -260,6 +262,15 @@ class FleetSim:
             "result": self._result, "fail": self._fail, "reconnect": self._reconnect,
             "connected": self._connected, "aged": self._aged, "hpa": self._hpa, "sample": self._sample,
         }  # fmt: skip
+        # the fleet is running when the model starts: devices active then are already connected
+        active = float(sc.profile(0.0))
+        for d in self.devices:
+            g = self.balancer.pick(self.groups, d.weight, 0.0) if active >= d.tier else None
+            if g is not None:
+                d.group = g
+                g.connections += d.weight
+                g.members.add(d)  # type: ignore[attr-defined]
+                self._connected(d, g, d.epoch)
         t0 = time.perf_counter()
         next_progress = 0.0
         end = sc.duration_s
@@ -273,9 +284,12 @@ class FleetSim:
             if self.progress is not None and t >= next_progress:
                 self.progress(min(t / end, 1.0))
                 next_progress = t + end / 100
-        for d in self.devices:  # frames that never got out
+        for d in self.devices:  # frames that never got out, or never back (a link in an outage to the end)
             for rec in d.unsent:
                 self.tl.outcome(rec.capture, rec.outstanding, None, rec.width, rec.nbytes, why="lost")
+            for rec in d.inflight:
+                if rec.outstanding > _EPS and not rec.probe:
+                    self.tl.outcome(rec.capture, rec.outstanding, None, rec.width, rec.nbytes)
         return FleetResult(sc, self.tl, self.scale_events, time.perf_counter() - t0, self.events_run,
                            len(self.devices))  # fmt: skip
 
@@ -355,7 +369,10 @@ class FleetSim:
             self._finish_piece(piece, None, "lost")
             return
         piece.arrived = now
+        b = self.tl._b(now)
+        self.tl.received[b] += piece.weight
         if not g.admit(piece, rec.width):  # OVERLOADED, answered at once
+            self.tl.rejected[b] += piece.weight
             self._at(now + self.sc.delay_ms / 1e3, "result", piece, None, "overloaded", 0.0)
             return
         self._schedule_batch(g)
@@ -419,7 +436,10 @@ class FleetSim:
         d.state, d.group = "connecting", g
         g.connections += d.weight
         g.members.add(d)  # type: ignore[attr-defined]
-        self._at(now + self.handshake_s, "connected", d, g, d.epoch)
+        # the stream's first bytes (TLS/HTTP/2 preface, the request) wait on the device's uplink like any
+        # frame: a device reconnecting in an outage is connected when the outage ends, not before
+        preface = d.link.send(HANDSHAKE_BYTES, now) + self.sc.delay_ms / 1e3
+        self._at(max(now + self.handshake_s, preface), "connected", d, g, d.epoch)
 
     def _backoff(self, d: Device) -> None:
         jitter = d.jitter if d.jitter is not None else float(self.rng.uniform(0.5, 1.0))
@@ -504,6 +524,7 @@ class FleetSim:
             g.up = False
             g.queues.clear()
             g.batch = []
+            g.connections = 0.0
         else:
             g.servers -= k
             g.connections *= keep
@@ -615,9 +636,30 @@ class FleetResult:
             "utilisation": float(np.mean(util[tl.servers_ready > 0])) if np.any(tl.servers_ready > 0) else 0.0,
             "server_hours": server_s / 3600,
             "server_hours_per_million_frames": server_s / 3600 / (frames / 1e6) if frames else None,
-            "worst_minute": worst,
+            "worst_minute": worst, "failure": self.failure_report(),
             "wall_s": round(self.wall_s, 2), "events": self.events, "entities": self.entities,
         }  # fmt: skip
+
+    def failure_report(self) -> dict | None:
+        """After the first failure: the worst 5 s, how long until misses are back within a point of the
+        minute before it, and the share of frames reaching live servers that were not answered OVERLOADED."""
+        if not self.scenario.failures:
+            return None
+        tl = self.timeline
+        at = int(min(f.at_s for f in self.scenario.failures) / tl.bucket_s)
+        span = max(int(round(5.0 / tl.bucket_s)), 1)
+        rate = lambda a, b: float(tl.misses[a:b].sum() / max(tl.frames[a:b].sum(), _EPS))  # noqa: E731
+        before = rate(max(0, at - int(60 / tl.bucket_s)), at)
+        windows = [(i, rate(i, i + span)) for i in range(at, tl.n - span + 1)]
+        worst = max(windows, key=lambda w: w[1], default=(at, 0.0))
+        back = next((i for i, r in windows if i > worst[0] and r <= before + 0.01), None)
+        received = float(tl.received[at:].sum())
+        return {
+            "failure_s": at * tl.bucket_s, "miss_before": before,
+            "worst_5s": {"start_s": worst[0] * tl.bucket_s, "miss": worst[1]},
+            "recovered_after_s": None if back is None else (back - at) * tl.bucket_s,
+            "not_overloaded_share": 1.0 - float(tl.rejected[at:].sum()) / received if received else None,
+        }
 
     def worst_minute(self, after_s: float | None = None) -> dict | None:
         """The 60 s window with the most misses (from ``after_s``, default the first failure)."""
