@@ -130,6 +130,10 @@ class Timeline:
             w = min(int(capture / WINDOW_S), self.windows - 1)
             self.hist[w, min(int(latency_ms / LATENCY_BIN_MS), LATENCY_BINS - 1)] += weight
 
+    def utilisation(self) -> np.ndarray:
+        """Per bucket: the share of the ready servers' time spent computing."""
+        return self.busy_s / np.maximum(self.servers_ready * self.bucket_s, _EPS)
+
 
 def percentile_ms(hist: np.ndarray, q: float) -> float | None:
     total = hist.sum()
@@ -171,7 +175,6 @@ class FleetSim:
         sc = self.sc
         g = ServerGroup(next(self._gid), servers, sc.service, sc.max_batch, sc.max_delay_ms / 1e3, sc.max_queue,
                         ready_at=ready_at)  # fmt: skip
-        g.members = set()  # type: ignore[attr-defined]
         self.groups.append(g)
         return g
 
@@ -267,9 +270,7 @@ class FleetSim:
         for d in self.devices:
             g = self.balancer.pick(self.groups, d.weight, 0.0) if active >= d.tier else None
             if g is not None:
-                d.group = g
-                g.connections += d.weight
-                g.members.add(d)  # type: ignore[attr-defined]
+                self._attach(d, g)
                 self._connected(d, g, d.epoch)
         t0 = time.perf_counter()
         next_progress = 0.0
@@ -403,7 +404,7 @@ class FleetSim:
             self.tl.busy_s[self.tl._b(now)] += (free_at - now) * g.servers
             for piece in taken:
                 server_ms = (done_at - piece.arrived) * 1e3
-                latency_ms = (done_at + back - piece.record.capture) * 1e3  # type: ignore[attr-defined]
+                latency_ms = (done_at + back - piece.record.capture) * 1e3
                 self._at(done_at + back, "result", piece, latency_ms, None, server_ms)
             self._at(free_at, "done", g)
         else:
@@ -418,10 +419,15 @@ class FleetSim:
         self._finish_piece(piece, latency_ms, why, server_ms)
 
     # -- connections ---------------------------------------------------------
+    def _attach(self, d: Device, g: ServerGroup) -> None:
+        d.group = g
+        g.connections += d.weight
+        g.members.add(d)
+
     def _detach(self, d: Device) -> None:
         if d.group is not None:
             d.group.connections -= d.weight
-            d.group.members.discard(d)  # type: ignore[attr-defined]
+            d.group.members.discard(d)
             d.group = None
 
     def _reconnect(self, d: Device, epoch: int) -> None:
@@ -433,9 +439,8 @@ class FleetSim:
             d.attempt += 1
             self._backoff(d)
             return
-        d.state, d.group = "connecting", g
-        g.connections += d.weight
-        g.members.add(d)  # type: ignore[attr-defined]
+        d.state = "connecting"
+        self._attach(d, g)
         # the stream's first bytes (TLS/HTTP/2 preface, the request) wait on the device's uplink like any
         # frame: a device reconnecting in an outage is connected when the outage ends, not before
         preface = d.link.send(HANDSHAKE_BYTES, now) + self.sc.delay_ms / 1e3
@@ -518,7 +523,7 @@ class FleetSim:
             for piece, gone in g.shrink(keep):
                 part = Piece(piece.record, gone, piece.arrived, piece.deadline_at)
                 self._finish_piece(part, None, "lost")
-        for d in list(g.members):  # type: ignore[attr-defined]
+        for d in list(g.members):
             self._disconnect_share(d, 1.0 - keep, g)
         if keep <= 0:
             g.up = False
@@ -541,12 +546,12 @@ class FleetSim:
             rec.outstanding *= 1.0 - fraction
         if fraction >= 1.0 - _EPS:
             parts = [d]
-            g.members.discard(d)  # type: ignore[attr-defined]
+            g.members.discard(d)
             d.group = None
         else:
-            g.members.discard(d)  # type: ignore[attr-defined]
+            g.members.discard(d)
             moved = self._split(d, fraction)
-            g.members.add(d)  # type: ignore[attr-defined]
+            g.members.add(d)
             parts = [moved]
         waves: list[Device] = []
         for part in parts:
@@ -619,7 +624,7 @@ class FleetResult:
         frames = float(tl.frames.sum())
         hist = tl.hist.sum(axis=0)
         server_s = float(np.sum(tl.servers_up) * tl.bucket_s)
-        util = tl.busy_s / np.maximum(tl.servers_ready * tl.bucket_s, _EPS)
+        util = tl.utilisation()
         worst = self.worst_minute()
         return {
             "frames": round(frames),
@@ -688,7 +693,7 @@ class FleetResult:
             "frames_per_s": (tl.frames / tl.bucket_s).round(1).tolist(),
             "miss": np.where(tl.frames > 0, tl.misses / frames, 0.0).round(4).tolist(),
             "servers_up": tl.servers_up.tolist(), "servers_ready": tl.servers_ready.tolist(),
-            "utilisation": (tl.busy_s / np.maximum(tl.servers_ready * tl.bucket_s, _EPS)).round(3).tolist(),
+            "utilisation": tl.utilisation().round(3).tolist(),
             "p95_ms_window_s": WINDOW_S, "p95_ms": p95,
         }  # fmt: skip
 

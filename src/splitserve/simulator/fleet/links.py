@@ -79,6 +79,3 @@ class DeviceLink:
         done = self.curve.finish(start, nbytes)
         self.busy_until = done
         return done + self.delay_s
-
-    def backlog(self, at: float) -> bool:
-        return self.busy_until > at

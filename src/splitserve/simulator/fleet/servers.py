@@ -38,11 +38,10 @@ class ServerGroup:
     ready_at: float = 0.0
     up: bool = True
     connections: float = 0.0  # devices attached
+    members: set = field(default_factory=set)  # the device entities attached (engine.Device)
     queues: dict[int, collections.deque] = field(default_factory=dict)
     batch: list[Piece] = field(default_factory=list)
-    busy_until: float = 0.0
     try_at: float | None = None  # a batch-close check is scheduled then
-    busy_s: float = 0.0  # server-seconds computing (per server), for utilisation
 
     def ready(self, now: float) -> bool:
         return self.up and now >= self.ready_at
@@ -109,15 +108,11 @@ class ServerGroup:
         if not taken:
             return [], expired, now, now
         service_s = self.curve.ms(n) / 1e3
-        busy_s = service_s * min(n, 1.0)
         self.batch = taken
-        self.busy_until = now + busy_s
-        self.busy_s += busy_s
-        return taken, expired, now + service_s, self.busy_until
+        return taken, expired, now + service_s, now + service_s * min(n, 1.0)
 
-    def finish_batch(self) -> list[Piece]:
-        done, self.batch = self.batch, []
-        return done
+    def finish_batch(self) -> None:
+        self.batch = []
 
     def shrink(self, keep: float) -> list[tuple[Piece, float]]:
         """``keep`` of the group's servers survive (a fraction): every queued and computing piece keeps
