@@ -422,12 +422,12 @@ class FleetSim:
     def _attach(self, d: Device, g: ServerGroup) -> None:
         d.group = g
         g.connections += d.weight
-        g.members.add(d)
+        g.members[d] = None
 
     def _detach(self, d: Device) -> None:
         if d.group is not None:
             d.group.connections -= d.weight
-            d.group.members.discard(d)
+            d.group.members.pop(d, None)
             d.group = None
 
     def _reconnect(self, d: Device, epoch: int) -> None:
@@ -546,12 +546,12 @@ class FleetSim:
             rec.outstanding *= 1.0 - fraction
         if fraction >= 1.0 - _EPS:
             parts = [d]
-            g.members.discard(d)
+            g.members.pop(d, None)
             d.group = None
         else:
-            g.members.discard(d)
+            g.members.pop(d, None)
             moved = self._split(d, fraction)
-            g.members.add(d)
+            g.members[d] = None
             parts = [moved]
         waves: list[Device] = []
         for part in parts:

@@ -38,7 +38,9 @@ class ServerGroup:
     ready_at: float = 0.0
     up: bool = True
     connections: float = 0.0  # devices attached
-    members: set = field(default_factory=set)  # the device entities attached (engine.Device)
+    # the device entities attached (engine.Device), in the order they came: a dict, not a set, so that a
+    # failure disconnects them (and draws their jitter) in the same order every run of one seed
+    members: dict = field(default_factory=dict)
     queues: dict[int, collections.deque] = field(default_factory=dict)
     batch: list[Piece] = field(default_factory=list)
     try_at: float | None = None  # a batch-close check is scheduled then
