@@ -11,7 +11,7 @@ import pytest
 
 from splitserve.device_client.policy import WidthCost
 from splitserve.device_client.supervisor import reconnect_delay
-from splitserve.simulator.fleet.engine import simulate_fleet
+from splitserve.simulator.fleet.engine import FleetSim, simulate_fleet
 from splitserve.simulator.fleet.links import DeviceLink, ShareCurve
 from splitserve.simulator.fleet.scenario import Autoscale, DeviceCosts, Failure, FleetScenario, Profile
 from splitserve.simulator.fleet.servers import Balancer, ServerGroup
@@ -95,6 +95,7 @@ def test_reconnect_delay_is_the_clients_backoff() -> None:
     (dict(devices=0), "positive"), (dict(balancer="random"), "balancer"), (dict(policy="local"), "adaptive"),
     (dict(policy="fixed:7"), "widths are"), (dict(servers=1, failures=[Failure(5.0, 2)]), "kills 2 of 1"),
     (dict(traces=[]), "trace"),
+    (dict(link="radio"), "link model"), (dict(link="packet"), "per device"), (dict(loss=0.1), "packet links"),
 ])  # fmt: skip
 def test_bad_scenarios_say_what_is_wrong(bad, match) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match=match):
@@ -115,6 +116,54 @@ def test_specs_parse_or_say_why() -> None:
 
 
 # -- the model ----------------------------------------------------------------------
+@pytest.mark.parametrize(("policy", "loss", "server_ms"), [("adaptive", 0.0, 1.0), ("split:2", 0.02, 1.0),
+                                                        ("adaptive", 0.02, 1e-6)])  # fmt: skip
+def test_one_device_on_one_server_is_the_analytic_model_frame_for_frame(policy, loss, server_ms) -> None:  # type: ignore[no-untyped-def]
+    """The fleet's per-device machinery (planner, head queue, packet link, server, results) is the
+    single-device analytic model's: on a link with an outage, and with 2 % segment loss, every frame
+    has the same decision and latency. The analytic model's server never queues; the fleet's computes
+    one batch at a time, so the two agree where frames do not meet at the server: a batch takes 1 ms
+    (the trace's grain) and closes 1 ns after its first frame (frames the link delivers together
+    arrive a rounding error apart). Loss holds frames of different widths back to arrive together
+    (head-of-line blocking), and a server computes one width's batch after the other's: with loss and
+    adaptive widths the batch takes 1 ns."""
+    from splitserve.simulator.analytic import simulate
+    from splitserve.simulator.costs import StrategyCost
+    from splitserve.simulator.link import LinkConfig
+    from splitserve.simulator.strategies import Strategy
+
+    trace = make_trace([(4.0, 3e6), (1.5, 0.08e6), (2.5, 0.4e6), (4.0, 2e6)])
+    sizes, overhead, head_ms, local_ms, accs = [600, 1200, 2600], 40, 5.0, 30.0, [0.6, 0.7, 0.8]
+    fps, frames, delay_ms, deadline_ms = 10.0, 120, 20.0, 150.0
+    width_costs = [StrategyCost(np.array([b - overhead]), overhead, head_ms, server_ms, np.zeros(1)) for b in sizes]
+    strategy = Strategy("adaptive", "entropic", adaptive=True) if policy == "adaptive" else \
+        Strategy(policy, "entropic", width=2)  # fmt: skip
+    expected = simulate(strategy, width_costs[-1], width_costs, LinkConfig(trace=trace, delay_ms=delay_ms, loss=loss),
+                        LinkConfig(delay_ms=delay_ms, loss=loss), frames, fps, deadline_ms, seed=3,
+                        local_ms=local_ms, accuracies=accs)  # fmt: skip
+
+    costs = DeviceCosts([WidthCost(b, head_ms, a) for b, a in zip(sizes, accs, strict=True)], local_ms)
+    sc = fleet(devices=1, duration_s=frames / fps, traces=[trace], fps=fps, deadline_ms=deadline_ms,
+               delay_ms=delay_ms, costs=costs,
+               service=ServiceCurve(np.array([1.0, 1e6]), np.array([server_ms, server_ms])), max_delay_ms=1e-6,
+               policy="adaptive" if policy == "adaptive" else "fixed:2", link="packet", loss=loss,
+               aggregate=False, placements=[(0, 0.0, 0.0)], seed=3)  # fmt: skip
+    sim = FleetSim(sc, keep_frames=True)
+    sim.run()
+    got = sorted(sim.frames, key=lambda f: f.capture_s)
+    assert len(got) == len(expected) == frames
+    for e, g in zip(expected, got, strict=True):
+        assert g.capture_s == pytest.approx(e.capture_s, abs=1e-12)
+        assert (g.local, g.why) == (e.local, None), e.index
+        if not e.local:
+            assert (g.width, g.bytes) == (e.width, e.bytes + overhead), e.index
+        assert g.latency_ms == pytest.approx(e.latency_ms, abs=1e-5), e.index
+    if policy == "adaptive":  # the run takes every path: widths, local frames, misses
+        assert {e.width for e in expected if not e.local} >= {0, 2} and any(e.local for e in expected)
+        assert any(e.probe for e in expected)
+    assert any(e.latency_ms > deadline_ms for e in expected)
+
+
 def test_a_light_fleet_meets_its_deadline_and_its_latency_adds_up() -> None:
     s = simulate_fleet(fleet(devices=4, policy="fixed:0")).summary()
     assert s["miss"] == 0.0 and s["lost"] == 0.0
@@ -170,6 +219,17 @@ def test_aggregated_model_matches_the_per_device_model() -> None:
     per = simulate_fleet(fleet(aggregate=False, **kw)).summary()
     assert abs(agg["miss"] - per["miss"]) < 0.05
     assert agg["p95_ms"] == pytest.approx(per["p95_ms"], rel=0.25)
+
+
+def test_packet_links_agree_with_fluid_shares_and_carry_loss() -> None:
+    kw = dict(devices=10, servers=2, duration_s=20.0, aggregate=False, failures=[Failure(8.0, 1, 3.0)])
+    fluid = simulate_fleet(fleet(**kw)).summary()
+    packet = simulate_fleet(fleet(link="packet", **kw)).summary()
+    lossy = simulate_fleet(fleet(link="packet", loss=0.05, **kw)).summary()
+    assert abs(packet["miss"] - fluid["miss"]) < 0.01
+    assert packet["p50_ms"] == pytest.approx(fluid["p50_ms"], abs=4.0)
+    # a lost segment costs a 200 ms retransmission timeout, and the frames behind it wait too
+    assert lossy["miss"] > packet["miss"] + 0.03 and lossy["p95_ms"] > 200
 
 
 def test_devices_in_one_cell_share_its_uplink() -> None:

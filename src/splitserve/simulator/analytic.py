@@ -61,7 +61,7 @@ class _VirtualClock:
         return self.now
 
 
-def _transfer(link: LinkEmulator, nbytes: int, at: float) -> float:
+def transfer(link: LinkEmulator, nbytes: int, at: float) -> float:
     """Delivery time of the last byte of a message of nbytes sent at time ``at``."""
     done = at
     for start in range(0, max(nbytes, 1), SEGMENT):
@@ -127,8 +127,8 @@ def simulate(
         """Head, uplink, server, downlink for one frame: (sent, result time, payload bytes)."""
         payload = int(use.bytes[k])
         sent = start + use.device_ms / 1e3
-        arrived = _transfer(up, payload + use.wire_overhead, sent)
-        done = _transfer(down, use.response_bytes, arrived + use.server_ms / 1e3)
+        arrived = transfer(up, payload + use.wire_overhead, sent)
+        done = transfer(down, use.response_bytes, arrived + use.server_ms / 1e3)
         heapq.heappush(results, (done, sent, payload + use.wire_overhead, use.server_ms))
         planner.encoded(width, payload + use.wire_overhead, use.device_ms)
         return sent, done, payload

@@ -25,7 +25,7 @@ import numpy as np
 from splitserve.simulator.fleet.engine import FleetResult, simulate_fleet
 from splitserve.simulator.fleet.scenario import Autoscale, DeviceCosts, Failure, FleetScenario, Profile, load_traces
 from splitserve.simulator.fleet.service import load_service_curve, results_path
-from splitserve.simulator.units import parse_time_ms
+from splitserve.simulator.units import parse_fraction, parse_time_ms
 
 SHARED_TRACES = Path(__file__).resolve().parents[5] / "shared" / "traces"
 MISS_TARGET = 0.05
@@ -78,6 +78,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="flat", help="flat | ramp:FROM..TO | diurnal:PERIOD (default flat)")
     p.add_argument("--profile-floor", type=float, default=0.1, help="active fraction at the profile's low")
     p.add_argument("--per-device", action="store_true", help="one entity per device and server (no aggregation)")
+    p.add_argument("--link", default="fluid", choices=["fluid", "packet"],
+                   help="fluid: devices share their cell's capacity (fast; default) | packet: each device its own "
+                        "link, segment by segment, as the single-device model (needs --per-device, cells of one)")
+    p.add_argument("--jitter", default="0ms", help="packet links: delay jitter, standard deviation (default 0)")
+    p.add_argument("--loss", default="0%", help="packet links: segment loss, e.g. 1%% (default 0)")
     p.add_argument("--capacity", action="store_true",
                    help=f"find the devices one server carries at <= {MISS_TARGET:.0%} misses, and GPU/server-hours")
     p.add_argument("--seed", type=int, default=0)
@@ -113,7 +118,8 @@ def scenario(args: argparse.Namespace, **override) -> FleetScenario:  # type: ig
         cell_devices=args.cell_devices, cell_scale=args.cell_scale, delay_ms=parse_time_ms(args.delay),
         max_batch=args.max_batch, balancer=args.balancer, failures=[Failure.parse(f) for f in args.fail],
         autoscale=_autoscale(args), profile=Profile.parse(args.profile, args.profile_floor),
-        aggregate=not args.per_device, seed=args.seed,
+        aggregate=not args.per_device, seed=args.seed, link=args.link, jitter_ms=parse_time_ms(args.jitter),
+        loss=parse_fraction(args.loss),
         max_connection_age_s=parse_time_ms(args.max_connection_age) / 1e3,
     )  # fmt: skip
     kw.update(override)
@@ -285,7 +291,8 @@ def describe(sc: FleetScenario) -> dict:
     return {
         "devices": sc.devices, "duration_s": sc.duration_s, "fps": sc.fps, "deadline_ms": sc.deadline_ms,
         "policy": sc.policy, "traces": [t.name for t in sc.traces], "cell_devices": sc.cell_devices,
-        "cell_scale": sc.cell_scale, "delay_ms": sc.delay_ms, "servers": sc.servers, "balancer": sc.balancer,
+        "cell_scale": sc.cell_scale, "delay_ms": sc.delay_ms, "link": sc.link, "jitter_ms": sc.jitter_ms,
+        "loss": sc.loss, "servers": sc.servers, "balancer": sc.balancer,
         "max_batch": sc.max_batch, "service": sc.service.describe(),
         "head_ms": [round(w.head_ms, 2) for w in sc.costs.widths], "local_ms": sc.costs.local_ms,
         "max_connection_age_s": sc.max_connection_age_s,

@@ -33,7 +33,7 @@ from splitserve.device_client.bandwidth import BandwidthMonitor
 from splitserve.device_client.policy import AdaptivePolicy, FixedPolicy, FramePlanner
 from splitserve.device_client.supervisor import reconnect_delay
 from splitserve.edge_server.config import MAX_CONNECTION_AGE_GRACE_S
-from splitserve.simulator.fleet.links import DeviceLink, ShareCurve
+from splitserve.simulator.fleet.links import DeviceLink, PacketLink, ShareCurve
 from splitserve.simulator.fleet.scenario import HPA_TOLERANCE, FleetScenario
 from splitserve.simulator.fleet.servers import Balancer, Piece, ServerGroup
 
@@ -51,6 +51,19 @@ class _Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+@dataclass
+class FrameOutcome:
+    """One frame's outcome for a device entity (``FleetSim(keep_frames=True)``): for small fleets."""
+
+    device: int
+    capture_s: float
+    latency_ms: float | None  # None: no result (lost, OVERLOADED, expired at the server)
+    width: int | None
+    bytes: float
+    local: bool
+    why: str | None = None
 
 
 @dataclass(eq=False)
@@ -72,10 +85,11 @@ class Device:
 
     did: int
     weight: float
-    link: DeviceLink
+    link: DeviceLink | PacketLink
     tier: float  # active while the profile is at least this
     planner: FramePlanner
-    next_frame: float
+    phase: float  # its frames are captured at phase + k / fps
+    count: int = 0  # frames captured so far
     state: str = "idle"  # idle (inactive) | connecting | up | down (backing off)
     group: ServerGroup | None = None
     attempt: int = 0
@@ -144,9 +158,11 @@ def percentile_ms(hist: np.ndarray, q: float) -> float | None:
 
 
 class FleetSim:
-    def __init__(self, sc: FleetScenario, progress: Callable[[float], None] | None = None) -> None:
+    def __init__(self, sc: FleetScenario, progress: Callable[[float], None] | None = None,
+                 keep_frames: bool = False) -> None:  # fmt: skip
         self.sc = sc
         self.progress = progress
+        self.frames: list[FrameOutcome] | None = [] if keep_frames else None
         self.rng = np.random.default_rng(sc.seed)
         self.clock = _Clock()
         self.events: list = []
@@ -162,7 +178,6 @@ class FleetSim:
         self.last_scale_down = -math.inf
         self.scale_events: list[dict] = []
         self.events_run = 0
-        self.fps = sc.fps
         if sc.aggregate:
             self._add_group(sc.servers, 0.0)
         else:
@@ -216,19 +231,27 @@ class FleetSim:
                 if (ti, oi) not in curves:
                     offset = (oi + 0.5) / sc.offsets * trace.period_ms / 1e3
                     curves[(ti, oi)] = ShareCurve(trace, offset, horizon, sc.cell_scale, share)
-                self._new_device(w, curves[(ti, oi)], (ph + 0.5) / sc.phases * interval, tier)
+                self._new_device(w, DeviceLink(curves[(ti, oi)], sc.delay_ms), (ph + 0.5) / sc.phases * interval, tier)
         elif sc.placements is not None:
             for trace_index, offset, phase in sc.placements:
-                curve = ShareCurve(sc.traces[trace_index], offset, horizon, sc.cell_scale, share)
-                self._new_device(1.0, curve, phase, 0.0)
+                self._new_device(1.0, self._link(sc.traces[trace_index], offset, horizon, share), phase, 0.0)
         else:
             for c in range(cells):
                 trace = sc.traces[int(self.rng.integers(len(sc.traces)))]
                 offset = float(self.rng.uniform(0, trace.period_ms / 1e3))
-                curve = ShareCurve(trace, offset, horizon, sc.cell_scale, share)
+                link = self._link(trace, offset, horizon, share)
                 members = min(sc.cell_devices, sc.devices - c * sc.cell_devices)
                 for j in range(members):
-                    self._new_device(1.0, curve, float(self.rng.uniform(0, interval)), self._tier_of(j, members, c))
+                    self._new_device(1.0, link if j == 0 else link.split(), float(self.rng.uniform(0, interval)),
+                                     self._tier_of(j, members, c))  # fmt: skip
+
+    def _link(self, trace, offset: float, horizon: float, share) -> DeviceLink | PacketLink:  # type: ignore[no-untyped-def]
+        """A per-device entity's link: its share of its cell, or (``link="packet"``) its own packet link."""
+        sc = self.sc
+        if sc.link == "packet":
+            return PacketLink(trace, offset, sc.delay_ms, sc.jitter_ms, sc.loss, sc.seed + len(self.devices),
+                              sc.costs.response_bytes)  # fmt: skip
+        return DeviceLink(ShareCurve(trace, offset, horizon, sc.cell_scale, share), sc.delay_ms)
 
     def _tier_of(self, j: int, members: int, cell: int) -> float:
         """Who is active when only a fraction of the fleet is: the j-th of a cell's devices joins once
@@ -243,8 +266,8 @@ class FleetSim:
             u = (math.floor(u * self.sc.tiers) + 0.5) / self.sc.tiers
         return u
 
-    def _new_device(self, weight: float, curve: ShareCurve, phase: float, tier: float) -> Device:
-        d = Device(next(self._did), weight, DeviceLink(curve, self.sc.delay_ms), tier, self._planner(), phase)
+    def _new_device(self, weight: float, link: DeviceLink | PacketLink, phase: float, tier: float) -> Device:
+        d = Device(next(self._did), weight, link, tier, self._planner(), phase)
         self.devices.append(d)
         self._at(phase, "frame", d)
         return d
@@ -287,38 +310,46 @@ class FleetSim:
                 next_progress = t + end / 100
         for d in self.devices:  # frames that never got out, or never back (a link in an outage to the end)
             for rec in d.unsent:
-                self.tl.outcome(rec.capture, rec.outstanding, None, rec.width, rec.nbytes, why="lost")
+                self._outcome(d, rec.capture, rec.outstanding, None, rec.width, rec.nbytes, why="lost")
             for rec in d.inflight:
                 if rec.outstanding > _EPS and not rec.probe:
-                    self.tl.outcome(rec.capture, rec.outstanding, None, rec.width, rec.nbytes)
+                    self._outcome(d, rec.capture, rec.outstanding, None, rec.width, rec.nbytes)
         return FleetResult(sc, self.tl, self.scale_events, time.perf_counter() - t0, self.events_run,
                            len(self.devices))  # fmt: skip
 
+    def _outcome(self, d: Device, capture: float, weight: float, latency_ms: float | None, width: int | None = None,
+                 nbytes: float = 0.0, local: bool = False, why: str | None = None) -> None:  # fmt: skip
+        self.tl.outcome(capture, weight, latency_ms, width, nbytes, local, why)
+        if self.frames is not None:
+            self.frames.append(FrameOutcome(d.did, capture, latency_ms, width, nbytes, local, why))
+
     # -- devices -----------------------------------------------------------
+    def _next_capture(self, d: Device) -> float:
+        return d.phase + d.count / self.sc.fps  # counted, not summed: no drift over a long run
+
     def _frame(self, d: Device) -> None:
         now = self.clock.now
         if now >= self.sc.duration_s or d.weight <= _EPS:
             return
-        interval = 1.0 / self.fps
-        d.next_frame = now
+        d.count += 1
+        self._at(self._next_capture(d), "frame", d)
         if self.sc.profile(now) < d.tier:  # not in use now
             if d.state != "idle":
                 self._detach(d)
                 d.state = "idle"
                 d.epoch += 1
-            self._at(now + interval, "frame", d)
             return
         if d.state == "idle":
             d.state, d.attempt = "down", 0
             self._reconnect(d, d.epoch)
-        self._at(now + interval, "frame", d)
-        pending = [(r.nbytes, r.sent) for r in d.inflight]
+        # what the client's ledger holds as written and unanswered (a frame still in its head is not)
+        pending = [(r.nbytes, r.sent) for r in d.inflight if r.sent <= now]
         decision, _ = d.planner.plan(self.sc.deadline_ms, d.state == "up", pending)
         start = max(now, d.device_free)
         if decision.local:
             ms = self.sc.costs.local_ms or 0.0
             d.device_free = start + ms / 1e3
-            self.tl.outcome(now, d.weight, (d.device_free - now) * 1e3, local=True)
+            self._outcome(d, now, d.weight, (d.device_free - now) * 1e3, local=True)
             if not (decision.probe and d.state == "up"):
                 return
             # the probe: the narrowest width of the same frame, after the local model, its result
@@ -339,7 +370,9 @@ class FleetSim:
         assert d.group is not None
         arrive = d.link.send(rec.nbytes, at)
         rec.sent = at
-        piece = Piece(rec, rec.outstanding, arrive, rec.deadline_at)
+        # the client sends what is left of the deadline when it writes the frame, and the server counts
+        # that from the frame's arrival: the time on the uplink is not counted against it there
+        piece = Piece(rec, rec.outstanding, arrive, rec.deadline_at + (arrive - at), rec.capture)
         rec.transit.append(piece)
         d.inflight.append(rec)
         self._at(arrive, "arrive", piece, d.group)
@@ -349,14 +382,14 @@ class FleetSim:
         rec: FrameRecord = piece.record  # type: ignore[assignment]
         d = rec.device
         if piece.weight > _EPS and not rec.probe:
-            self.tl.outcome(rec.capture, piece.weight, latency_ms, rec.width, rec.nbytes, why=why)
+            self._outcome(d, rec.capture, piece.weight, latency_ms, rec.width, rec.nbytes, why=why)
         rec.outstanding -= piece.weight
         piece.weight = 0.0
         if rec.outstanding <= 1e-6 and rec in d.inflight:
             d.inflight.remove(rec)
-            if latency_ms is not None and why is None:
-                now = self.clock.now
-                d.planner.result(int(rec.nbytes), (now - rec.sent) * 1e3, server_ms)
+            # as the client: a late result measures the link, and so does a frame the server found late
+            if (latency_ms is not None and why is None) or why == "expired":
+                d.planner.result(int(rec.nbytes), (self.clock.now - rec.sent) * 1e3, server_ms)
 
     # -- servers -----------------------------------------------------------
     def _arrive(self, piece: Piece, g: ServerGroup) -> None:
@@ -374,7 +407,7 @@ class FleetSim:
         self.tl.received[b] += piece.weight
         if not g.admit(piece, rec.width):  # OVERLOADED, answered at once
             self.tl.rejected[b] += piece.weight
-            self._at(now + self.sc.delay_ms / 1e3, "result", piece, None, "overloaded", 0.0)
+            self._at(rec.device.link.back(now), "result", piece, None, "overloaded", 0.0)
             return
         self._schedule_batch(g)
 
@@ -397,15 +430,15 @@ class FleetSim:
             self._at(start, "try", g)
             return
         taken, expired, done_at, free_at = g.start_batch(now)
-        back = self.sc.delay_ms / 1e3
         for piece in expired:  # DEADLINE_EXCEEDED, not computed
-            self._at(now + back, "result", piece, None, "expired", 0.0)
+            back = piece.record.device.link.back(now)  # type: ignore[attr-defined]
+            self._at(back, "result", piece, None, "expired", (now - piece.arrived) * 1e3)
         if taken:
             self.tl.busy_s[self.tl._b(now)] += (free_at - now) * g.servers
             for piece in taken:
-                server_ms = (done_at - piece.arrived) * 1e3
-                latency_ms = (done_at + back - piece.record.capture) * 1e3
-                self._at(done_at + back, "result", piece, latency_ms, None, server_ms)
+                rec: FrameRecord = piece.record  # type: ignore[assignment]
+                back = rec.device.link.back(done_at)
+                self._at(back, "result", piece, (back - rec.capture) * 1e3, None, (done_at - piece.arrived) * 1e3)
             self._at(free_at, "done", g)
         else:
             self._schedule_batch(g)
@@ -443,7 +476,7 @@ class FleetSim:
         self._attach(d, g)
         # the stream's first bytes (TLS/HTTP/2 preface, the request) wait on the device's uplink like any
         # frame: a device reconnecting in an outage is connected when the outage ends, not before
-        preface = d.link.send(HANDSHAKE_BYTES, now) + self.sc.delay_ms / 1e3
+        preface = d.link.back(d.link.send(HANDSHAKE_BYTES, now))
         self._at(max(now + self.handshake_s, preface), "connected", d, g, d.epoch)
 
     def _backoff(self, d: Device) -> None:
@@ -470,7 +503,7 @@ class FleetSim:
             if rec.deadline_at > now:
                 self._send(d, rec, now)
             else:
-                self.tl.outcome(rec.capture, rec.outstanding, None, rec.width, rec.nbytes, why="lost")
+                self._outcome(d, rec.capture, rec.outstanding, None, rec.width, rec.nbytes, why="lost")
 
     def _aged(self, d: Device, g: ServerGroup, epoch: int) -> None:
         """The server ended an old stream (GOAWAY, then the grace): the device reconnects through the
@@ -485,18 +518,12 @@ class FleetSim:
     def _split(self, d: Device, fraction: float) -> Device:
         """Move ``fraction`` of an aggregated device's weight to a new entity (same state, no frames in
         flight: the caller settles those), which continues the same frame schedule."""
-        clone = Device(next(self._did), d.weight * fraction, d.link, d.tier,
-                       copy.deepcopy(d.planner, {id(self.clock): self.clock}), d.next_frame)  # fmt: skip
-        clone.link = DeviceLink(d.link.curve, self.sc.delay_ms)
-        clone.link.busy_until = d.link.busy_until
+        clone = Device(next(self._did), d.weight * fraction, d.link.split(), d.tier,
+                       copy.deepcopy(d.planner, {id(self.clock): self.clock}), d.phase, d.count)  # fmt: skip
         clone.device_free, clone.state, clone.attempt, clone.jitter = d.device_free, d.state, d.attempt, d.jitter
         d.weight -= clone.weight
         self.devices.append(clone)
-        # the clone's next frame: the parent's next capture on the same phase
-        interval = 1.0 / self.fps
-        now = self.clock.now
-        nxt = d.next_frame + math.ceil(max(now - d.next_frame, 0.0) / interval + _EPS) * interval
-        self._at(nxt, "frame", clone)
+        self._at(self._next_capture(clone), "frame", clone)  # the parent's next capture
         return clone
 
     # -- failures and scaling -------------------------------------------------

@@ -1,4 +1,5 @@
-"""Uplinks in a fleet: a cell's capacity trace, shared by the devices active in it.
+"""Links in a fleet: a cell's capacity trace, shared by the devices active in it; or, per device,
+the analytic model's packet-by-packet link.
 
 A cell carries a Mahimahi trace (its delivery opportunities, one TCP segment each), started at an
 offset into it and scaled by ``scale``. Its scheduler gives each of the ``n(t)`` devices active
@@ -9,6 +10,12 @@ link. On its share, each device's frames go first in, first out.
 
 The share is kept as cumulative bytes on a fine grid, so that a transfer's end is one
 ``searchsorted`` however long the run: that is what lets a fleet of many cells run in minutes.
+
+``PacketLink`` is the other back-end (``FleetScenario.link = "packet"``): each device its own
+``LinkEmulator`` pair, the one the single-device analytic model uses, segment by segment on the
+trace's delivery opportunities, with its jitter and loss (a lost segment costs a retransmission
+timeout). It is exact where the fluid share is smooth, and slower: for small per-device fleets,
+and for checking the fleet model against the analytic one frame for frame.
 """
 
 from __future__ import annotations
@@ -17,7 +24,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from splitserve.simulator.analytic import SEGMENT
+from splitserve.simulator.analytic import SEGMENT, transfer
+from splitserve.simulator.link import LinkConfig, link_pair
 from splitserve.simulator.traces import Trace
 
 GRID_S = 0.01  # 10 ms: a 1,500-byte packet at 1.2 Mbit/s
@@ -79,3 +87,35 @@ class DeviceLink:
         done = self.curve.finish(start, nbytes)
         self.busy_until = done
         return done + self.delay_s
+
+    def back(self, at: float) -> float:
+        """Arrival time at the device of a result the server sends at ``at`` (results are small: the
+        downlink is its delay)."""
+        return at + self.delay_s
+
+    def split(self) -> DeviceLink:
+        """The link of devices split off an aggregated entity: the same share, the same backlog."""
+        twin = DeviceLink(self.curve, self.delay_s * 1e3)
+        twin.busy_until = self.busy_until
+        return twin
+
+
+class PacketLink:
+    """One device's own link, segment by segment (simulator/link.py), its trace position ``offset_s``
+    at time 0; results come back on its downlink."""
+
+    def __init__(self, trace: Trace, offset_s: float, delay_ms: float, jitter_ms: float = 0.0,
+                 loss: float = 0.0, seed: int = 0, response_bytes: int = 200) -> None:  # fmt: skip
+        up = LinkConfig(trace=trace, delay_ms=delay_ms, jitter_ms=jitter_ms, loss=loss)
+        down = LinkConfig(delay_ms=delay_ms, jitter_ms=jitter_ms, loss=loss)
+        self.up, self.down = link_pair(up, down, seed, start=-offset_s)
+        self.response_bytes = response_bytes
+
+    def send(self, nbytes: float, at: float) -> float:
+        return transfer(self.up, int(round(nbytes)), at)
+
+    def back(self, at: float) -> float:
+        return transfer(self.down, self.response_bytes, at)
+
+    def split(self) -> PacketLink:
+        raise ValueError("a packet link is one device's: packet links run per device, not aggregated")

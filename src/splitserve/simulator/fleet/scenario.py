@@ -146,6 +146,9 @@ class FleetScenario:
     cell_devices: int = 1
     cell_scale: float = 1.0
     delay_ms: float = 20.0
+    link: str = "fluid"  # fluid: devices share their cell's capacity | packet: each its own packet link
+    jitter_ms: float = 0.0  # packet links only: standard deviation of the one-way delay
+    loss: float = 0.0  # packet links only: segment loss (each costs a retransmission timeout)
     connect_rtts: float = 2.0  # TCP + HTTP/2 (TLS adds one more)
     max_backoff_s: float = 5.0
     max_connection_age_s: float = 0.0  # edge-server --max-connection-age: streams re-balance (0: never)
@@ -180,6 +183,14 @@ class FleetScenario:
             raise ValueError(f"fleet policy {self.policy!r}: adaptive or fixed:W")
         if self.policy.startswith("fixed:") and int(self.policy[6:]) >= len(self.costs.widths):
             raise ValueError(f"policy {self.policy}: widths are 0..{len(self.costs.widths) - 1}")
+        if self.link not in ("fluid", "packet"):
+            raise ValueError(f"unknown link model {self.link!r}: fluid or packet")
+        if self.link == "packet" and (self.aggregate or self.cell_devices != 1):
+            raise ValueError("packet links are one device's own link: per device, cells of one")
+        if self.link == "fluid" and (self.jitter_ms or self.loss):
+            raise ValueError("jitter and loss need packet links (link='packet')")
+        if self.jitter_ms < 0 or not 0 <= self.loss < 1:
+            raise ValueError("jitter must be >= 0 and loss within [0, 1)")
         if self.placements is not None and (self.aggregate or len(self.placements) != self.devices
                                             or self.cell_devices != 1):  # fmt: skip
             raise ValueError("placements replay one device per cell, per device, without aggregation")

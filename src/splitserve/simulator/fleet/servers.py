@@ -25,6 +25,7 @@ class Piece:
     weight: float  # devices' frames it stands for, over the whole group
     arrived: float
     deadline_at: float
+    captured: float = 0.0  # ties in arrival (frames a link delivers together): the older frame first
 
 
 @dataclass(eq=False)
@@ -67,14 +68,17 @@ class ServerGroup:
         self.queues.setdefault(width, collections.deque()).append(piece)
         return True
 
+    def _heads(self) -> list[tuple[float, float, int]]:
+        return [(q[0].arrived, q[0].captured, w) for w, q in self.queues.items() if q]
+
     def next_start(self, now: float) -> float | None:
         """When the next batch should start, if the group is idle and something waits."""
         if self.batch or not self.ready(now):
             return None
-        heads = [(q[0].arrived, w) for w, q in self.queues.items() if q]
+        heads = self._heads()
         if not heads:
             return None
-        arrived, width = min(heads)
+        arrived, _, width = min(heads)
         if self.queued(width) >= self.max_batch - 1e-9:
             return now
         return max(now, arrived + self.max_delay_s)
@@ -86,8 +90,7 @@ class ServerGroup:
         Aggregated, a batch of n < 1 frame per server is a batch of one on a fraction n of the servers,
         the others idle: its frames take a batch of one's time, the group is busy n times that (on
         average over its servers, which is what lets the next batch start)."""
-        heads = [(q[0].arrived, w) for w, q in self.queues.items() if q]
-        _, width = min(heads)
+        _, _, width = min(self._heads())
         queue = self.queues[width]
         taken: list[Piece] = []
         expired: list[Piece] = []
@@ -103,7 +106,7 @@ class ServerGroup:
                 room -= need
             else:  # the batch is full part-way through this piece: the rest waits for the next
                 part = room * self.servers
-                taken.append(Piece(piece.record, part, piece.arrived, piece.deadline_at))
+                taken.append(Piece(piece.record, part, piece.arrived, piece.deadline_at, piece.captured))
                 piece.weight -= part
                 room = 0.0
         n = self.max_batch - room
