@@ -42,9 +42,11 @@ datasets:
 demo: install
 	PATH=$(BIN):$$PATH bash scripts/demo.sh
 
-# Progress per test file, and a summary of every skip with its reason at the end.
+# Every test, on TEST_WORKERS processes (pytest-xdist; 1: in this process). A test file stays on one
+# process (its module fixtures are built once); a summary of every skip with its reason at the end.
+TEST_WORKERS ?= 2
 test: install datasets
-	$(BIN)/python -m pytest -rs --durations=15
+	$(BIN)/python -m pytest -rs --durations=15 $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 
 # The fast set, for feedback while editing: in-process tests only (no edge-server or other
 # process, no training run, no simulate run); `make test` runs everything.

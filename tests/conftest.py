@@ -1,6 +1,12 @@
 from __future__ import annotations
 
 import os
+
+# Under pytest-xdist (make test) the test processes share the cores: one torch / OpenMP thread each,
+# and in the servers and clients they start, rather than every process's thread pool contending for
+# all of them (set before anything imports torch).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 import subprocess
 import sys
 import time
@@ -75,6 +81,33 @@ def start_server():
         s.stop()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory):
+    """Device clients cache downloaded bundles here, not in the user's ~/.cache: one cache per test
+    process (pytest-xdist runs several), so that two processes never fetch into one directory at once."""
+    path = tmp_path_factory.mktemp("model-cache")
+    old = os.environ.get("SPLITSERVE_CACHE")
+    os.environ["SPLITSERVE_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("SPLITSERVE_CACHE", None)
+    else:
+        os.environ["SPLITSERVE_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def shared_server():
+    """One edge-server with the default settings, for the tests that only need one running: starting
+    a server costs ~6 s of CPU (torch, compressai, the bundles), so tests that neither configure, stop
+    nor count on a fresh one share it. Each test process (pytest-xdist worker) has its own."""
+    server = ServerProcess([], free_port())
+    try:
+        wait_healthy(server.port, server.proc)
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def fmnist():
     from splitserve.models import load
@@ -105,5 +138,5 @@ def fmnist_half(fmnist, tmp_path_factory):
 def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def]
     """A test that starts an edge-server process is end-to-end, whether or not it says so (`make check` skips it)."""
     for item in items:
-        if "start_server" in getattr(item, "fixturenames", ()):
+        if {"start_server", "shared_server"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.e2e)

@@ -159,10 +159,10 @@ def test_frames_keep_within_the_servers_window_and_overloaded_is_retried(start_s
     assert [p.status for p in preds] == ["OK"] * 60, {p.status: p.error for p in preds if not p.ok}
 
 
-def test_cli_json_and_records(start_server, tmp_path):
+def test_cli_json_and_records(shared_server, tmp_path):
     from conftest import BIN
 
-    server = start_server()
+    server = shared_server
     out, rec = tmp_path / "s.json", tmp_path / "r.jsonl"
     proc = subprocess.run(
         [str(BIN / "device-client"), "--server", server.address, "--frames", "20", "--policy", "adaptive",
@@ -185,7 +185,7 @@ def test_cli_json_and_records(start_server, tmp_path):
 # Seven device-client processes, each importing torch: ~5 s of CPU apiece, but 25 s of wall time
 # each on the 2-core machine with one core kept busy and other jobs running (300 s was not enough).
 @pytest.mark.timeout(900)
-def test_cli_bad_flags_are_one_line_errors(start_server):
+def test_cli_bad_flags_are_one_line_errors(shared_server):
     from conftest import BIN
 
     def run(*args: str) -> subprocess.CompletedProcess:
@@ -202,7 +202,7 @@ def test_cli_bad_flags_are_one_line_errors(start_server):
         proc = run("--server", nowhere, *args)
         assert proc.returncode == 2 and proc.stderr.startswith("device-client: "), proc.stderr
         assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    server = start_server()
+    server = shared_server
     for args, message in (
         (["--width", "9"], "--width 9: fmnist-split has widths 0..3"),
         (["--sample", "no-such-sample"], "no sample named 'no-such-sample'"),

@@ -27,8 +27,8 @@ def test_registry_names_its_transports_and_refuses_others():
         "maxPacketLifeTime": None, "maxRetransmits": 0}  # fmt: skip
 
 
-def test_unknown_transport_is_a_client_error(start_server):
-    server = start_server()
+def test_unknown_transport_is_a_client_error(shared_server):
+    server = shared_server
 
     async def main() -> None:
         client = AsyncSplitClient(server.address, "fmnist-split", transport="carrier-pigeon")
@@ -39,8 +39,8 @@ def test_unknown_transport_is_a_client_error(start_server):
 
 
 @pytest.mark.e2e
-def test_split_client_over_webrtc(start_server):
-    server = start_server()
+def test_split_client_over_webrtc(shared_server):
+    server = shared_server
     images, labels = load_sample("fmnist-test")
     with SplitClient(server.address, "fmnist-split", transport="webrtc", deadline_ms=5000) as client:
         assert client.client.transport.name == "webrtc"
@@ -50,9 +50,9 @@ def test_split_client_over_webrtc(start_server):
 
 
 @pytest.mark.e2e
-def test_webrtc_paces_to_the_estimate_and_drops_frames_that_would_miss_their_deadline(start_server):
+def test_webrtc_paces_to_the_estimate_and_drops_frames_that_would_miss_their_deadline(shared_server):
     """At the estimated rate frames 3 and 4 could only leave after their deadline: never sent, one outcome each."""
-    server = start_server()
+    server = shared_server
     images, _ = load_sample("fmnist-test")
 
     async def main():  # type: ignore[no-untyped-def]

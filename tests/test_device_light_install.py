@@ -83,8 +83,8 @@ def test_a_server_command_in_the_light_install_names_its_extra(light_venv):
                         r"pip install 'splitserve\[server\]'", line), line  # fmt: skip
 
 
-def test_light_device_client_matches_the_torch_runtime(light_venv, start_server, tmp_path):
-    server = start_server()
+def test_light_device_client_matches_the_torch_runtime(light_venv, shared_server, tmp_path):
+    server = shared_server
     args = ("--model", "fmnist-split", "--frames", "200", "--concurrency", "4")
     out = tmp_path / "light.json"
     proc = subprocess.run(

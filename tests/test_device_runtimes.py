@@ -186,8 +186,8 @@ def test_the_onnx_runtime_says_what_it_cannot_do(fmnist, lite0):
 
 
 @pytest.mark.e2e
-def test_device_client_says_what_the_onnx_runtime_cannot_do(start_server, tmp_path):
-    server = start_server()
+def test_device_client_says_what_the_onnx_runtime_cannot_do(shared_server, tmp_path):
+    server = shared_server
     for args, message in (
         (("--model", "fmnist-split", "--codec", "fp16"), "the onnx runtime cannot encode the fp16 codec"),
         (("--model", "lite0-imagenet", "--policy", "local"), "the onnx runtime cannot run this model locally"),
@@ -216,10 +216,10 @@ def test_device_execution_providers():
 
 
 @pytest.mark.e2e
-def test_device_client_onnx_runtime_fetches_its_heads_and_matches_torch(start_server, tmp_path, monkeypatch):
+def test_device_client_onnx_runtime_fetches_its_heads_and_matches_torch(shared_server, tmp_path, monkeypatch):
     """device-client --runtime onnx --fetch: the ONNX heads come over GetHead; results equal the torch runtime's."""
     monkeypatch.setenv("SPLITSERVE_CACHE", str(tmp_path / "cache"))
-    server = start_server()
+    server = shared_server
     common = ("--model", "fmnist-split", "--frames", "120", "--concurrency", "4")
     onnx = run_client(server.address, tmp_path, *common, "--runtime", "onnx", "--fetch")
     fetched = list((tmp_path / "cache").rglob("head-w*.onnx"))

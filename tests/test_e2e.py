@@ -37,10 +37,10 @@ def run_client(address: str, tmp_path, *args: str, env: dict | None = None) -> d
     return json.loads(out.read_text())
 
 
-def test_200_frames_match_the_in_process_split(start_server, tmp_path, fmnist):
+def test_200_frames_match_the_in_process_split(shared_server, tmp_path, fmnist):
     from splitserve.data.samples import load_sample
 
-    server = start_server()
+    server = shared_server
     summary = run_client(server.address, tmp_path, "--model", "fmnist-split", "--frames", "200")
     assert summary["frames"] == 200 and summary["ok"] == 200
     images, labels = load_sample("fmnist-test")
@@ -53,10 +53,10 @@ def test_200_frames_match_the_in_process_split(start_server, tmp_path, fmnist):
     assert summary["latency_ms"]["p50"] > 0
 
 
-def test_head_fetched_from_the_server_gives_the_same_results(start_server, tmp_path, fmnist, monkeypatch):
+def test_head_fetched_from_the_server_gives_the_same_results(shared_server, tmp_path, fmnist, monkeypatch):
     from splitserve.data.samples import load_sample
 
-    server = start_server()
+    server = shared_server
     cache = tmp_path / "cache"  # empty: the head can only come from GetHead
     summary = run_client(server.address, tmp_path, "--model", "fmnist-split", "--frames", "40", "--fetch",
                          env={"SPLITSERVE_CACHE": str(cache)})  # fmt: skip
@@ -68,11 +68,11 @@ def test_head_fetched_from_the_server_gives_the_same_results(start_server, tmp_p
 
 
 @pytest.mark.parametrize("codec", ["png", "int8"])
-def test_baseline_codecs_run_the_teacher(start_server, tmp_path, fmnist, codec):
+def test_baseline_codecs_run_the_teacher(shared_server, tmp_path, fmnist, codec):
     from splitserve.data.samples import load_sample
     from splitserve.training.evaluate import predict_local
 
-    server = start_server()
+    server = shared_server
     summary = run_client(server.address, tmp_path, "--frames", "30", "--codec", codec, "--concurrency", "4")
     images, _ = load_sample("fmnist-test")
     if codec == "png":  # lossless: exactly the unsplit teacher

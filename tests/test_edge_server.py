@@ -49,8 +49,8 @@ def bad_frames(bundle):
     return cases
 
 
-def test_each_bad_frame_gets_its_status_and_the_stream_goes_on(start_server, fmnist):
-    server = start_server()
+def test_each_bad_frame_gets_its_status_and_the_stream_goes_on(shared_server, fmnist):
+    server = shared_server
     stream = Stream(server.address)
     try:
         for name, (frame, status) in bad_frames(fmnist).items():
@@ -65,8 +65,8 @@ def test_each_bad_frame_gets_its_status_and_the_stream_goes_on(start_server, fmn
         stream.close()
 
 
-def test_other_clients_are_unaffected_by_a_bad_one(start_server, fmnist):
-    server = start_server()
+def test_other_clients_are_unaffected_by_a_bad_one(shared_server, fmnist):
+    server = shared_server
     errors = []
 
     def good_client() -> None:
@@ -93,8 +93,8 @@ def test_other_clients_are_unaffected_by_a_bad_one(start_server, fmnist):
     assert not errors
 
 
-def test_unary_infer_and_model_listing(start_server, fmnist):
-    server = start_server()
+def test_unary_infer_and_model_listing(shared_server, fmnist):
+    server = shared_server
     with grpc.insecure_channel(server.address) as ch:
         stub = pb_grpc.EdgeInferenceStub(ch)
         r = stub.Infer(good_frame(fmnist, 3))
@@ -115,11 +115,11 @@ def test_unary_infer_and_model_listing(start_server, fmnist):
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_health_and_reflection(start_server):
+def test_health_and_reflection(shared_server):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-    server = start_server()
+    server = shared_server
     with grpc.insecure_channel(server.address) as ch:
         status = health_pb2_grpc.HealthStub(ch).Check(
             health_pb2.HealthCheckRequest(service="splitserve.v1.EdgeInference")

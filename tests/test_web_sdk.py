@@ -2,9 +2,11 @@
 vectors this test writes from the Python side, so the TypeScript encoder must give the very bytes the
 server decodes."""
 
+import fcntl
 import json
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +24,16 @@ pytestmark = pytest.mark.skipif(shutil.which("node") is None or shutil.which("np
 
 @pytest.fixture(scope="module")
 def built():
-    """Install the package's build tools (the npm registry) once, and build it."""
-    if not (WEB / "node_modules" / ".bin" / "esbuild").exists():
-        proc = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=WEB, capture_output=True, text=True,
-                              timeout=600)  # fmt: skip
-        if proc.returncode != 0:
-            pytest.skip(f"npm ci failed (no registry?): {proc.stderr.strip().splitlines()[-1:]}")
-    proc = subprocess.run(["npm", "run", "build"], cwd=WEB, capture_output=True, text=True, timeout=300)
+    """Install the package's build tools (the npm registry) once, and build it. Under pytest-xdist two
+    test processes may want it at once: a lock keeps them from installing and writing dist/ together."""
+    with open(Path(tempfile.gettempdir()) / "splitserve-web-build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (WEB / "node_modules" / ".bin" / "esbuild").exists():
+            proc = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=WEB, capture_output=True, text=True,
+                                  timeout=600)  # fmt: skip
+            if proc.returncode != 0:
+                pytest.skip(f"npm ci failed (no registry?): {proc.stderr.strip().splitlines()[-1:]}")
+        proc = subprocess.run(["npm", "run", "build"], cwd=WEB, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return WEB / "dist" / "splitserve.js"
 

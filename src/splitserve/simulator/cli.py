@@ -80,6 +80,13 @@ def _default_model() -> str:
     return "lite0-imagenet" if "lite0-imagenet" in bundle_dirs(BUNDLED) else "fmnist-split"
 
 
+def _widths(model: str) -> int:
+    """The model's widths, from its manifest (without loading it); an unknown model is a clear error."""
+    from splitserve.models.zoo import find_bundle
+
+    return len(json.loads((find_bundle(model) / "manifest.json").read_text())["widths"])
+
+
 def _links(args: argparse.Namespace, uplink_rate: float | None):  # type: ignore[no-untyped-def]
     from splitserve.simulator.link import LinkConfig
     from splitserve.simulator.traces import load_trace, parse_step_trace
@@ -112,25 +119,28 @@ def _slowdown(args: argparse.Namespace) -> tuple[float, str]:
 
 
 def run_main(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from splitserve.models.zoo import load
-    from splitserve.simulator import report
-    from splitserve.simulator.experiment import ExperimentConfig, run_experiment
     from splitserve.simulator.strategies import parse_strategies, with_transports
     from splitserve.simulator.units import parse_rate, parse_time_ms
 
     show = sys.stderr.isatty() or args.progress
     model = args.model or _default_model()
-    bundle = load(model)
-    slowdown, note = _slowdown(args)
+    # the flags and the model's manifest first: a typo is reported at once, not after the model loads
     up, down = _links(args, parse_rate(args.bandwidth))
-    strategies = parse_strategies(args.strategies, bundle.student.widths)
+    deadline = parse_time_ms(args.deadline)
+    strategies = parse_strategies(args.strategies, _widths(model))
     transports = [t.strip() for t in args.transport.split(",") if t.strip()]
     if args.analytic and transports != ["grpc"]:
         raise ValueError("--analytic models the link, not a transport: drop --transport, or run without --analytic")
     strategies = with_transports(strategies, transports)
-    deadline = parse_time_ms(args.deadline)
+    slowdown, note = _slowdown(args)
+
+    from tqdm import tqdm
+
+    from splitserve.models.zoo import load
+    from splitserve.simulator import report
+    from splitserve.simulator.experiment import ExperimentConfig, run_experiment
+
+    bundle = load(model)
     if args.analytic:
         result = analytic_run(
             bundle, strategies, up, down, args.frames, args.fps, deadline, slowdown, args.seed, progress=show
