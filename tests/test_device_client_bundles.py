@@ -6,7 +6,7 @@ import shutil
 import grpc
 import pytest
 
-from splitserve.device_client.bundles import cache_path, check_name, local_bundle
+from splitserve.device_client.bundles import cache_path, check_name, install, local_bundle
 from splitserve.device_client.client import AsyncSplitClient, ClientError
 from splitserve.edge_server.service import manifest_message
 from splitserve.models import zoo
@@ -101,6 +101,31 @@ def test_an_honest_server_fills_the_cache(fmnist, victim, tmp_path):
     assert honest.heads_sent == 1
     cached = tmp_path / "cache" / "splitserve" / "models" / "fmnist-split" / fmnist.version
     assert (cached / "head.pt").read_bytes() == (fmnist.path / "head.pt").read_bytes()
+
+
+def test_a_download_beside_another_processs_copy_keeps_the_good_one(fmnist, tmp_path):
+    """Two device processes fetched one bundle at once: the second finds the first's copy in place."""
+    dest = tmp_path / "cache" / "fmnist-split" / fmnist.version
+    dest.parent.mkdir(parents=True)
+    downloads = iter(range(10))
+
+    def download() -> object:
+        d = tmp_path / f"download-{next(downloads)}"
+        shutil.copytree(fmnist.path, d)
+        return d
+
+    first = download()
+    install(first, dest, fmnist.sha256)
+    assert not first.exists() and (dest / "head.pt").is_file()
+    inode = dest.stat().st_ino
+    second = download()
+    install(second, dest, fmnist.sha256)  # the same bundle: the first copy stays, the download goes
+    assert not second.exists() and dest.stat().st_ino == inode
+    (dest / "head.pt").write_bytes(b"broken")  # a stale or broken copy is replaced
+    third = download()
+    install(third, dest, fmnist.sha256)
+    assert (dest / "head.pt").read_bytes() == (fmnist.path / "head.pt").read_bytes()
+    assert [p.name for p in dest.parent.iterdir()] == [fmnist.version]  # nothing left beside it
 
 
 @pytest.mark.parametrize("bad", ["..", ".", "", "a/b", "/etc", "a\\b", ".hidden", "x" * 200, "a\x00b", "..x/.."])

@@ -102,14 +102,39 @@ async def fetch_device_files(
         if MANIFEST not in hashes or hashes[MANIFEST].hexdigest() != manifest.bundle_sha256:
             raise BundleError("GetHead: the manifest does not match the server's bundle sha256")
         CodingBundle.load(tmp, verify="device")
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.replace(dest)
+        install(tmp, dest, manifest.bundle_sha256)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("fetched %s:%s head from the server into %s", manifest.name, manifest.version, dest)
     return CodingBundle.load(dest, verify="device")
+
+
+def install(download: Path, dest: Path, sha256: str) -> None:
+    """Move a verified download into the cache at ``dest``. Several device processes on one machine
+    may fetch the same bundle at once: a copy already there with the same sha256 stays (a process may
+    be reading it) and the download goes; a stale or broken one is moved aside first, never deleted in
+    place, because a directory cannot be renamed over a full one."""
+    for _ in range(5):
+        try:
+            download.replace(dest)
+            return
+        except OSError:
+            if not dest.exists():
+                raise
+        try:
+            if CodingBundle.load(dest, verify="device").sha256 == sha256:
+                shutil.rmtree(download, ignore_errors=True)
+                return
+        except BundleError:
+            pass
+        stale = Path(tempfile.mkdtemp(prefix=".stale-", dir=dest.parent)) / "bundle"
+        try:
+            dest.rename(stale)
+        except FileNotFoundError:
+            pass  # another process moved it first
+        shutil.rmtree(stale.parent, ignore_errors=True)
+    raise BundleError(f"could not put the downloaded bundle at {dest}: it keeps changing under another process")
 
 
 def local_bundle(model: str, version: str = "") -> CodingBundle | None:
