@@ -82,9 +82,10 @@ def _default_model() -> str:
 
 def _widths(model: str) -> int:
     """The model's widths, from its manifest (without loading it); an unknown model is a clear error."""
+    from splitserve.models.manifest import MANIFEST
     from splitserve.models.zoo import find_bundle
 
-    return len(json.loads((find_bundle(model) / "manifest.json").read_text())["widths"])
+    return len(json.loads((find_bundle(model) / MANIFEST).read_text())["widths"])
 
 
 def _links(args: argparse.Namespace, uplink_rate: float | None):  # type: ignore[no-untyped-def]

@@ -35,11 +35,12 @@ def model_costs(model: str) -> tuple[dict, list[int]]:
     """The model's manifest and each width's bytes around the payload (the Frame), as the client plans."""
     from splitserve.device_client.prediction import frame_overhead
     from splitserve.models.coding import CodingBundle
+    from splitserve.models.manifest import MANIFEST
     from splitserve.models.zoo import find_bundle
 
     path = find_bundle(model)
     bundle = CodingBundle.load(path, verify=False)
-    manifest = json.loads((path / "manifest.json").read_text())
+    manifest = json.loads((path / MANIFEST).read_text())
     return manifest, [frame_overhead(bundle, "entropic", w) for w in range(len(manifest["widths"]))]
 
 
