@@ -228,3 +228,38 @@ def test_the_redundant_copy_of_a_frame_is_answered_once(server, fmnist):
     result = pb.Result.FromString(got[0])
     assert result.status == pb.Result.OK and result.frame_id == 11
     assert metric(server.metrics_port, "splitserve_transport_frames_received_total", '{transport="webrtc"}') == 1
+
+
+def test_a_frame_in_pieces_is_rebuilt_from_any_k_and_answered_once(server, fmnist):
+    """A frame larger than a packet comes as k pieces and their XOR; one piece lost costs nothing."""
+    from splitserve import parity
+
+    async def main() -> tuple[list[bytes], pb.Result]:
+        peer = RawPeer()
+        try:
+            await peer.connect(server.address)
+            frame = good_frame(fmnist, 21)
+            frame.deadline_ms = 5000
+            pieces = parity.split(frame.SerializeToString(), group=7, body_bytes=64)
+            assert len(pieces) >= 4  # k >= 3 data pieces and the parity piece
+            for piece in [pieces[-1], *pieces[2:-1], pieces[0]]:  # out of order, data piece 1 lost
+                peer.frames.send(piece)
+            got = [await asyncio.wait_for(peer.inbox.get(), 10)]
+            peer.frames.send(pieces[1])  # arrives after the frame was rebuilt: spare
+            try:
+                while True:
+                    got.append(await asyncio.wait_for(peer.inbox.get(), 1.5))
+            except TimeoutError:
+                pass
+            bad = await peer.ask(pieces[0][:5])
+            return got, bad
+        finally:
+            await peer.close()
+
+    got, bad = asyncio.run(main())
+    assert len(got) == 2 and got[0] == got[1]  # one result, and its redundant copy
+    result = pb.Result.FromString(got[0])
+    assert result.status == pb.Result.OK and result.frame_id == 21
+    assert bad.status == pb.Result.INVALID_FRAME and "malformed frame piece" in bad.error
+    assert metric(server.metrics_port, "splitserve_transport_frames_received_total", '{transport="webrtc"}') == 1
+    assert server.proc.poll() is None

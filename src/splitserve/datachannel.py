@@ -20,6 +20,12 @@ DATACHANNEL_FRAMING = 16 + 37
 # estimate (srtt + 4 rttvar) above a 40 ms floor, a lost packet is sent again within one frame budget.
 RTO_MIN_S = 0.04
 RTO_INITIAL_S = 1.0
+# The congestion window a retransmission timeout leaves. RFC 4960 (and aiortc) cut it to one packet and
+# slow-start from there: the next frame, three or four packets, then takes two or three round trips to
+# leave and misses its deadline, so one lost packet costs the frames behind it too. The sender paces
+# itself to its bandwidth estimate (device_client/transports/webrtc.py), so the window is not what keeps
+# it off a congested link; four packets is aiortc's own floor after a fast retransmit.
+CWND_MIN_PACKETS = 4
 # Redundancy instead of retransmission for small messages: a retransmission costs at least one
 # retransmission timeout (above a round trip), which a frame with a 150 ms budget across a 40 ms
 # round trip and its compute rarely has left. A message that fits in one packet is sent twice
@@ -47,10 +53,74 @@ class Duplicates:
 
 
 def tune_sctp() -> None:
-    """Apply the timers above to aiortc's SCTP (module-wide: every association in this process)."""
+    """Apply the settings above to aiortc's SCTP (module-wide: every association in this process)."""
     from aiortc import rtcsctptransport
 
     rtcsctptransport.SCTP_RTO_MIN = RTO_MIN_S
     rtcsctptransport.SCTP_RTO_INITIAL = RTO_INITIAL_S
+    sctp = rtcsctptransport.RTCSctpTransport
+    if not getattr(sctp._t3_expired, "splitserve", False):
+        floor = CWND_MIN_PACKETS * rtcsctptransport.USERDATA_MAX_LENGTH
+        sctp._t3_expired = _t3_expired_with_floor(sctp._t3_expired, floor)
+    rtcsctptransport.InboundStream.pop_messages = _pop_messages
     # aioice logs every ICE candidate pair at INFO: noise in a server or device log
     logging.getLogger("aioice").setLevel(logging.WARNING)
+
+
+def _t3_expired_with_floor(expired, floor: int):  # type: ignore[no-untyped-def]
+    def t3_expired(self) -> None:  # type: ignore[no-untyped-def]
+        expired(self)  # marks chunks for retransmission and schedules the transmit that reads the window
+        self._cwnd = max(self._cwnd, floor)
+
+    t3_expired.splitserve = True  # type: ignore[attr-defined]
+    return t3_expired
+
+
+def _pop_messages(self):  # type: ignore[no-untyped-def]
+    """aiortc's ``InboundStream.pop_messages``, without stranding an unordered message behind a lost one.
+
+    aiortc (1.16) gives up on a run of fragments at the first TSN gap and steps past the chunk
+    after the gap, even when that chunk begins the next message. When the last fragment of one
+    unordered message is lost, the complete message right behind it is then held until the lost
+    fragment is retransmitted or abandoned: two frames lost for one packet. Here the chunk after
+    a gap is looked at again as the possible start of a message. Ordered delivery is unchanged.
+    """
+    from aiortc.rtcsctptransport import (
+        SCTP_DATA_FIRST_FRAG,
+        SCTP_DATA_LAST_FRAG,
+        SCTP_DATA_UNORDERED,
+        tsn_plus_one,
+        uint16_add,
+        uint16_gt,
+    )
+
+    pos = 0
+    start = None
+    expected = 0
+    while pos < len(self.reassembly):
+        chunk = self.reassembly[pos]
+        ordered = not (chunk.flags & SCTP_DATA_UNORDERED)
+        if start is not None and chunk.tsn != expected:
+            if ordered:
+                break
+            start = None  # the message begun at ``start`` has a hole; this chunk may begin the next one
+        if start is None:
+            if not chunk.flags & SCTP_DATA_FIRST_FRAG:
+                if ordered:
+                    break
+                pos += 1
+                continue
+            if ordered and uint16_gt(chunk.stream_seq, self.sequence_number):
+                break
+            start = pos
+        if chunk.flags & SCTP_DATA_LAST_FRAG:
+            user_data = b"".join(c.user_data for c in self.reassembly[start : pos + 1])
+            del self.reassembly[start : pos + 1]
+            if ordered and chunk.stream_seq == self.sequence_number:
+                self.sequence_number = uint16_add(self.sequence_number, 1)
+            pos = start
+            start = None
+            yield (chunk.stream_id, chunk.protocol, user_data)
+            continue
+        expected = tsn_plus_one(chunk.tsn)
+        pos += 1

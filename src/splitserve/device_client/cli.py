@@ -70,6 +70,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--frame-copies", type=int, default=None, choices=(1, 2),
                    help="webrtc: send small frames this many times (default 2: a lost copy costs nothing)")  # fmt: skip
+    p.add_argument("--frame-parity", default=None, choices=("on", "off"),
+                   help="webrtc: send a frame larger than a packet as pieces plus their XOR, so any one lost "
+                        "piece costs nothing (default on)")  # fmt: skip
     p.add_argument("--connect-timeout", type=float, default=15.0, help="seconds to wait for the server")
     p.add_argument("--start-at", type=float, default=0.0,
                    help="Unix time of the first capture (aligns runs with an emulated link's clock)")  # fmt: skip
@@ -82,8 +85,9 @@ def check_args(args: argparse.Namespace) -> str:
         return f"--transport {args.transport}: unknown transport; one of {', '.join(TRANSPORTS)}"
     if args.frame_retransmits is not None and (args.transport != "webrtc" or args.frame_retransmits < 0):
         return "--frame-retransmits: a number >= 0, with --transport webrtc only"
-    if args.frame_copies is not None and args.transport != "webrtc":
-        return "--frame-copies: with --transport webrtc only"
+    for flag, value in (("--frame-copies", args.frame_copies), ("--frame-parity", args.frame_parity)):
+        if value is not None and args.transport != "webrtc":
+            return f"{flag}: with --transport webrtc only"
     if args.codec not in CODEC_IDS:
         return f"--codec {args.codec}: unknown codec; one of {', '.join(CODEC_IDS)}"
     for flag, value, low in (("--frames", args.frames, 1), ("--concurrency", args.concurrency, 1),
@@ -144,7 +148,8 @@ def record(i: int, t: float, p) -> dict:  # type: ignore[no-untyped-def]
 
 def transport_options(args: argparse.Namespace) -> dict:
     """The transport's options the flags set (the transport's defaults for the rest)."""
-    options = {"frame_retransmits": args.frame_retransmits, "copies": args.frame_copies}
+    parity = None if args.frame_parity is None else args.frame_parity == "on"
+    options = {"frame_retransmits": args.frame_retransmits, "copies": args.frame_copies, "parity": parity}
     return {k: v for k, v in options.items() if v is not None}
 
 

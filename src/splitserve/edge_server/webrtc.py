@@ -13,7 +13,8 @@ message that is not a Frame gets an INVALID_FRAME Result on the results
 channel; the peer and every other peer go on. The device sends small frames
 twice (redundancy instead of a retransmission that would come too late): the
 second copy is dropped here, and small final results are sent twice the same
-way. A peer that closes, fails
+way. Larger frames come as one-packet pieces and their XOR (``splitserve.parity``);
+the frame is rebuilt from the first k pieces to arrive. A peer that closes, fails
 (ICE consent lost: the device vanished) or never opens its channels is
 closed and forgotten.
 """
@@ -29,6 +30,7 @@ from collections.abc import AsyncIterator, Callable
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from google.protobuf.message import DecodeError
 
+from splitserve import parity
 from splitserve.datachannel import FRAMES_CHANNEL, REDUNDANT_MAX_BYTES, RESULTS_CHANNEL, Duplicates, tune_sctp
 from splitserve.edge_server.session import StreamSession
 from splitserve.proto import edge_inference_pb2 as pb
@@ -71,6 +73,7 @@ class Peer:
         self.opened = asyncio.Event()
         self.frames_read = 0
         self._duplicates = Duplicates()
+        self._pieces = parity.Reassembler(max(64, 2 * session.max_inflight), max_message_bytes)
         self._ended = False
         self.task: asyncio.Task | None = None
 
@@ -94,6 +97,14 @@ class Peer:
         if len(message) > self.max_message_bytes:
             self.send(self._refusal(0, f"a {len(message)}-byte message is over the {self.max_message_bytes}-byte cap"))
             return
+        if parity.is_piece(message):
+            try:
+                message = self._pieces.add(message)
+            except parity.PieceError as exc:
+                self.send(self._refusal(0, f"a malformed frame piece: {exc}"))
+                return
+            if message is None:
+                return  # more pieces to come, or a spare one of a frame already rebuilt
         if self._duplicates.seen(message):
             return  # the redundant copy of a frame already taken
         frame = pb.Frame()

@@ -13,7 +13,9 @@ server's ``Signal`` RPC (so the token and TLS of the gRPC channel apply):
 
 A frame with a deadline that fits in one packet is sent twice (``copies``): redundancy
 rather than a retransmission that would come too late (see ``splitserve.datachannel``);
-the server drops the second copy, and sends small results twice the same way.
+the server drops the second copy, and sends small results twice the same way. A larger
+frame goes as k one-packet pieces and their XOR (``parity``, see ``splitserve.parity``):
+the server rebuilds it from the first k to arrive.
 
 A datachannel has no flow control the sender can feel, and aiortc drops what
 overflows, so the sender paces itself: frames leave no faster than the
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator
 
@@ -32,6 +35,7 @@ import grpc
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from google.protobuf.message import DecodeError
 
+from splitserve import parity as fec
 from splitserve.datachannel import (
     DATACHANNEL_FRAMING,
     FRAMES_CHANNEL,
@@ -71,6 +75,7 @@ class WebRTCConnection(Connection):
         headroom: float,
         max_buffered: int,
         copies: int,
+        parity: bool = True,
     ) -> None:
         self.pc = pc
         self.frames = frames
@@ -79,6 +84,8 @@ class WebRTCConnection(Connection):
         self.headroom = headroom
         self.max_buffered = max_buffered
         self.copies = copies
+        self.parity = parity
+        self._group = secrets.randbits(32)  # pieces of one frame share a group number
         self._duplicates = Duplicates()
         self._results: asyncio.Queue = asyncio.Queue()
         self._next_send = 0.0  # monotonic: when the pacer lets the next frame go
@@ -131,9 +138,13 @@ class WebRTCConnection(Connection):
         # a copy only of frames with a deadline: their bytes differ on every send (the budget left is
         # stamped in), so the server's duplicate check never mistakes a resend for a copy
         copies = self.copies if frame.deadline_ms and len(data) <= REDUNDANT_MAX_BYTES else 1
+        messages = [data] * copies
+        if self.parity and frame.deadline_ms and copies == 1:
+            self._group += 1
+            messages = fec.split(data, self._group) or messages
         try:
-            for _ in range(copies):
-                self.frames.send(data)
+            for message in messages:
+                self.frames.send(message)
         except ValueError as exc:  # over the peer's message size: this frame cannot go; the others can
             log.warning("frame %d not sent: %s", frame.frame_id, exc)
         except ConnectionError as exc:
@@ -163,7 +174,8 @@ class WebRTCTransport(Transport):
     ``deadline_ms`` (the client's frame deadline) is the default lifetime of a frame on the
     link; ``frame_lifetime_ms`` / ``frame_retransmits`` override it (0 retransmits: fire and
     forget), and ``results_*`` set the results channel (default: unordered, reliable); ``copies=1``
-    turns off the redundant copy of small frames. ``whip``: the URL of the server's WHIP endpoint
+    turns off the redundant copy of small frames, ``parity=False`` the parity piece of larger ones
+    (they then go whole). ``whip``: the URL of the server's WHIP endpoint
     (``edge-server --http-port``: ``http(s)://host:port/v1/whip``), to signal over HTTP as a browser
     does instead of the ``Signal`` RPC; the token goes along the same way.
     """
@@ -186,6 +198,7 @@ class WebRTCTransport(Transport):
         headroom: float = 1.25,
         max_buffered: int = 64 * 1024,
         copies: int = 2,
+        parity: bool = True,
         open_timeout: float = 15.0,
         whip: str | None = None,
     ) -> None:
@@ -208,6 +221,7 @@ class WebRTCTransport(Transport):
         self.headroom = headroom
         self.max_buffered = max_buffered
         self.copies = copies
+        self.parity = parity
         self.open_timeout = open_timeout
         if whip is not None and not whip.startswith(("http://", "https://")):
             raise ValueError(f"whip must be an http(s):// URL of the server's WHIP endpoint, got {whip!r}")
@@ -255,7 +269,14 @@ class WebRTCTransport(Transport):
         if failed.is_set():
             raise TransportError(f"the WebRTC connection to {self.settings.target} failed (ICE found no path)")
         window = answer.max_inflight or DEFAULT_WINDOW
-        return WebRTCConnection(pc, frames, results, window, self.rate, self.headroom, self.max_buffered, self.copies)
+        return WebRTCConnection(pc, frames, results, window, self.rate, self.headroom, self.max_buffered, self.copies,
+                                self.parity)  # fmt: skip
+
+    def wire_bytes(self, frame: pb.Frame) -> int:
+        """A frame cut into pieces puts them all on the link, each with its own framing."""
+        if not self.parity:
+            return super().wire_bytes(frame)
+        return fec.wire_bytes(frame.ByteSize(), self.framing)
 
     async def _signal_whip(self, offer: pb.PeerOffer) -> pb.PeerAnswer:
         """The offer to the WHIP endpoint (RFC 9725: POST application/sdp, 201 with the answer)."""
