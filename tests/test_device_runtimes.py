@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -236,3 +237,23 @@ def test_device_client_onnx_runtime_fetches_its_heads_and_matches_torch(shared_s
 def test_device_client_help_lists_runtimes():
     proc = subprocess.run([str(BIN / "device-client"), "--help"], capture_output=True, text=True, timeout=60)
     assert "--runtime {auto,torch,onnx}" in proc.stdout
+
+
+@pytest.mark.parametrize("policy, sessions", [("adaptive", 4), (None, 1)])
+def test_connect_warms_every_width_the_policy_may_pick(shared_server, policy, sessions):
+    """The first frame at a width must not pay for building its onnxruntime session against its deadline."""
+    import asyncio
+
+    from splitserve.device_client.client import AsyncSplitClient
+    from splitserve.device_client.options import ClientOptions
+
+    async def main() -> tuple[float, int, str]:
+        options = ClientOptions(runtime="onnx", policy=policy, width=2, deadline_ms=5000)
+        async with AsyncSplitClient(shared_server.address, "fmnist-split", options) as client:
+            built = sum("head-w" in Path(path).name for path in client.head.runtime._sessions)
+            p = await client.infer(load_sample("fmnist-test")[0][0])
+            return client.warmup_ms, built, p.status
+
+    warmup_ms, built, status = asyncio.run(main())
+    assert warmup_ms > 0 and status == "OK"
+    assert built == sessions  # fmnist-split has 4 widths

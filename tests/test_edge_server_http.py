@@ -162,6 +162,11 @@ def test_bundle_files_are_served_verified_and_cached(web):
     for path in ("/v1/bundles/../../etc/passwd", "/v1/bundles/fmnist-split/999/head-w0.onnx",
                  "/v1/bundles/no-model/1/head-w0.onnx", "/v1/bundles/fmnist-split/..%2F..%2F/etc"):  # fmt: skip
         assert http("GET", web.base + path, headers=AUTH)[0] == 404, path
+    # the demo is cross-origin isolated (onnxruntime-web's threads need it), built here or not; the API is not
+    _, headers, _ = http("GET", f"{web.base}/demo/", headers=AUTH)
+    assert headers["Cross-Origin-Opener-Policy"] == "same-origin"
+    assert headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+    assert "Cross-Origin-Embedder-Policy" not in http("GET", f"{web.base}/v1/models", headers=AUTH)[1]
     assert web.proc.poll() is None
 
 

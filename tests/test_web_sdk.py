@@ -152,7 +152,16 @@ def wire_vectors(rng: np.random.Generator) -> dict:
         results.append({"bytes": message.SerializeToString().hex(), "frameId": message.frame_id,
                         "status": status, "error": message.error, "topK": [[c.index, c.label, c.score]
                         for c in message.top_k], "totalMs": 9.5, "batchSize": 4, "tags": {"k": "v"}})  # fmt: skip
-    return {"frames": frames, "results": results}
+    from splitserve import parity
+
+    pieces = []
+    most = parity.BODY_MAX_BYTES
+    for n, group, body in ((2472, 7, most), (4522, 2**32 - 1, most), (most, 1, most), (178, 3, 64), (1089, 0, 1088)):
+        message = rng.bytes(n)
+        pieces.append({"message": message.hex(), "group": group, "bodyBytes": body,
+                       "pieces": [p.hex() for p in parity.split(message, group, body)],
+                       "wireBytes": parity.wire_bytes(n, 53)})  # fmt: skip
+    return {"frames": frames, "results": results, "pieces": pieces}
 
 
 def test_the_typescript_encoder_gives_the_python_encoders_bytes(built, tmp_path):

@@ -48,13 +48,14 @@ async def _evaluate(port: int, url_part: str, expression: str, timeout: float) -
     raise TimeoutError(f"the page never produced {expression} in {timeout:.0f} s")
 
 
-def run_selftest(url: str, tmp_path, timeout: float = 400) -> dict:
+def run_selftest(url: str, tmp_path, timeout: float = 400, extra_args: list[str] = ()) -> dict:
+    """Open ``url`` in headless chromium and return the JSON the demo writes into ``<pre id="selftest">``."""
     profile = tmp_path / "chromium-profile"
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
            # host candidates as addresses: the server's ICE agent cannot resolve the mDNS names Chrome hides them as
            "--disable-features=WebRtcHideLocalIpsWithMdns", f"--user-data-dir={profile}",
-           "--remote-debugging-port=0", url]  # fmt: skip
+           "--remote-debugging-port=0", *extra_args, url]  # fmt: skip
     browser = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         active = profile / "DevToolsActivePort"
@@ -103,4 +104,6 @@ def test_the_demo_selftest_in_chromium_answers_as_the_python_client(built, start
         python_accuracy = np.mean([p == y for p, y in zip(python, labels[:FRAMES], strict=True)])
         assert abs(report["accuracy"] - python_accuracy) <= 1 / FRAMES
     assert report["bytes_mean"] > 0 and report["head_ms_p50"] > 0 and report["latency_ms_p95"] > 0
+    # the head ran in onnxruntime's worker on two threads (the demo is cross-origin isolated), warmed at connect
+    assert report["cross_origin_isolated"] is True and report["wasm_threads"] == 2 and report["warmup_ms"] > 0
     assert server.proc.poll() is None

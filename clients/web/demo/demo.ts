@@ -1,5 +1,6 @@
 // The demo page: the SDK on the camera, a file or the bundle's sample frames; ?selftest=N&model=M runs N
-// sample frames and writes one JSON object into <pre id="selftest"> (what the end-to-end test reads).
+// sample frames and writes one JSON object into <pre id="selftest"> (what the end-to-end test reads);
+// &fps=F starts them at a camera's pace instead of one after another, &deadline=MS and &width=W as named.
 import { listModels, type Outcome, parseNpz, type RawFrame, SplitClient } from "../src/index.js";
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
@@ -15,6 +16,7 @@ async function connect(model: string): Promise<SplitClient> {
   client = await SplitClient.connect(server, {
     model, token: token || undefined, deadlineMs: Number(params.get("deadline") ?? 1000),
     width: params.has("width") ? Number(params.get("width")) : -1,
+    threads: params.has("threads") ? Number(params.get("threads")) : undefined,
     // the selftest compares with the Python client at one width; a person on a phone wants adaptive
     policy: (params.get("policy") ?? (params.has("selftest") ? "fixed" : "adaptive")) as "adaptive" | "fixed",
     onProgress: (p) => ($("progress").textContent = `${p.file}: ${(p.loaded / 1e6).toFixed(1)} of ${(p.total / 1e6).toFixed(1)} MB${p.cached ? " (cached)" : ""}`),
@@ -88,11 +90,24 @@ const quantile = (xs: number[], q: number) => {
 async function selftest(n: number, model: string): Promise<void> {
   const c = await connect(model);
   const { frames, labels } = await sampleFrames(c.manifest.sample ?? model, params.get("token"));
-  const outcomes: Outcome[] = [];
-  for (let i = 0; i < n; i++) {
-    const r = await c.infer(frames[i % frames.length]);
-    show(r);
-    outcomes.push(r);
+  let outcomes: Outcome[] = [];
+  const fps = Number(params.get("fps") ?? 0);
+  if (fps > 0) {
+    // a camera's pace, as device-client --fps: frame i starts at i / fps whether or not earlier ones are answered
+    const t0 = performance.now();
+    const started: Promise<Outcome>[] = [];
+    for (let i = 0; i < n; i++) {
+      const wait = t0 + (i * 1000) / fps - performance.now();
+      if (wait > 0) await new Promise((ok) => setTimeout(ok, wait));
+      started.push(c.infer(frames[i % frames.length]).then((r) => (show(r), r)));
+    }
+    outcomes = await Promise.all(started);
+  } else {
+    for (let i = 0; i < n; i++) {
+      const r = await c.infer(frames[i % frames.length]);
+      show(r);
+      outcomes.push(r);
+    }
   }
   const labelled = outcomes.map((r, i) => [r, labels[i % labels.length]] as const).filter(([, y]) => y >= 0);
   const widthCounts: Record<string, number> = {};
@@ -104,13 +119,22 @@ async function selftest(n: number, model: string): Promise<void> {
     agreement: null, // the sample carries no teacher answers
     predictions: outcomes.map((r) => r.index),
     statuses: outcomes.map((r) => r.status),
+    latencies_ms: outcomes.map((r) => Math.round(r.latencyMs * 10) / 10),
+    head_ms: outcomes.map((r) => Math.round(r.headMs * 10) / 10),
     bytes_mean: outcomes.reduce((a, r) => a + r.bytes, 0) / n,
     head_ms_p50: quantile(outcomes.map((r) => r.headMs), 0.5),
+    warmup_ms: c.warmupMs,
+    latency_ms_p50: quantile(outcomes.filter((r) => r.ok).map((r) => r.latencyMs), 0.5),
     latency_ms_p95: quantile(outcomes.map((r) => r.latencyMs), 0.95),
+    // an answered frame's time besides its head and the server's compute: preprocessing, queueing, the network
+    other_ms_p50: quantile(outcomes.filter((r) => r.ok).map((r) => r.latencyMs - r.headMs - (r.server?.totalMs ?? 0)), 0.5),
+    deadline_ms: c.options.deadlineMs ?? 0,
+    fps,
     transport: "webrtc",
     model: `${c.manifest.name}:${c.manifest.version}`,
     width_counts: widthCounts,
     cross_origin_isolated: crossOriginIsolated,
+    wasm_threads: crossOriginIsolated ? Number(params.get("threads") ?? 2) : 1,
   };
   $("selftest").textContent = JSON.stringify(report);
 }
@@ -146,4 +170,5 @@ async function main(): Promise<void> {
   }
 }
 
-main();
+// onnxruntime runs the head in a worker that loads this very script: there, no page to drive
+if (typeof document !== "undefined") main();

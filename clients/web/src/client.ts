@@ -16,6 +16,7 @@ import { toPixels, type FrameSource } from "./frames.js";
 import { HeadRunner } from "./head.js";
 import { AdaptivePolicy, FixedPolicy, FramePlanner, WidthCost } from "./policy.js";
 import { type ClassScore, encodeFrame, type Result, Status, statusName } from "./proto.js";
+import { parityWireBytes } from "./parity.js";
 import { DATACHANNEL_FRAMING, DatachannelConnection } from "./transport.js";
 
 export interface ClientOptions {
@@ -32,6 +33,11 @@ export interface ClientOptions {
   topK?: number;
   /** how long a frame without a deadline waits for its result */
   giveUpMs?: number;
+  /** WASM threads for the head where the page is cross-origin isolated (default 2; one thread otherwise) */
+  threads?: number;
+  /** run the head in a Web Worker, off the page's thread (default true; the worker loads the script the
+   *  SDK is in, so a page that bundles the SDK with code touching the DOM at load time sets false) */
+  headInWorker?: boolean;
   /** where onnxruntime's .wasm files are (default: the server's /demo/ort/) */
   wasmPaths?: string;
   onProgress?: (p: Progress) => void;
@@ -56,7 +62,11 @@ export interface Outcome {
 type FrameFields = Parameters<typeof encodeFrame>[0];
 
 // a Frame's bytes on the link besides its payload: its other fields and the datachannel's framing
-const FRAME_OVERHEAD = 110 + DATACHANNEL_FRAMING;
+const FRAME_FIELDS = 110;
+const FRAME_OVERHEAD = FRAME_FIELDS + DATACHANNEL_FRAMING;
+// what a frame with this payload puts on the link: with a deadline, a frame past one packet goes with parity
+const wireBytes = (payload: number, hasDeadline: boolean) =>
+  hasDeadline ? parityWireBytes(payload + FRAME_FIELDS, DATACHANNEL_FRAMING) : payload + FRAME_OVERHEAD;
 
 interface Pending {
   frame: FrameFields;
@@ -78,6 +88,8 @@ export class SplitClient {
   private pumping = false;
   readonly monitor = new BandwidthMonitor();
   readonly planner: FramePlanner;
+  /** how long connect() spent running the head once per width it may use */
+  warmupMs = 0;
 
   private constructor(
     readonly server: string,
@@ -118,9 +130,24 @@ export class SplitClient {
     const bundle = await loadBundle(base, options.model, {
       token: options.token, version: options.version, onProgress: options.onProgress,
     });
-    const head = await HeadRunner.create(bundle, { wasmPaths: options.wasmPaths ?? `${base}/demo/ort/` });
+    const head = await HeadRunner.create(bundle, { wasmPaths: options.wasmPaths ?? `${base}/demo/ort/`, threads: options.threads,
+      worker: options.headInWorker });
+    // every width the policy may pick, while the datachannel opens: no frame pays for a cold session
+    const n = bundle.manifest.widths.length;
+    const fixed = (options.width ?? -1) < 0 ? n - 1 : options.width!;
+    const warm = head.warm(options.policy === "adaptive" ? [...Array(n).keys()] : [fixed]);
+    warm.catch(() => {}); // awaited below; if opening fails first, its failure is the one reported
     const conn = await DatachannelConnection.open(base, { token: options.token, deadlineMs: options.deadlineMs });
-    return new SplitClient(base, bundle, head, conn, options);
+    let warmupMs: number;
+    try {
+      warmupMs = await warm;
+    } catch (err) {
+      conn.close();
+      throw err;
+    }
+    const client = new SplitClient(base, bundle, head, conn, options);
+    client.warmupMs = warmupMs;
+    return client;
   }
 
   get manifest() {
@@ -184,7 +211,7 @@ export class SplitClient {
   /** Queue the frame and wait for its one outcome: its Result, or why it got none (a string). */
   private send(frameId: number, frame: FrameFields, expires: number, hasDeadline: boolean, attempts: { n: number }) {
     return new Promise<Result | string>((resolve) => {
-      const entry: Pending = { frame, wireBytes: frame.payload.length + FRAME_OVERHEAD, sentAt: null, expires, hasDeadline, resolve, attempts: 0, done: false, retries: 0 };
+      const entry: Pending = { frame, wireBytes: wireBytes(frame.payload.length, hasDeadline), sentAt: null, expires, hasDeadline, resolve, attempts: 0, done: false, retries: 0 };
       const settle = (r: Result | string) => {
         if (entry.done) return;
         entry.done = true;
@@ -222,7 +249,7 @@ export class SplitClient {
         const data = encodeFrame(entry.frame); // with the budget left now: the server counts from arrival
         entry.attempts += 1;
         entry.sentAt = now;
-        entry.wireBytes = data.length + DATACHANNEL_FRAMING;
+        entry.wireBytes = entry.hasDeadline ? parityWireBytes(data.length, DATACHANNEL_FRAMING) : data.length + DATACHANNEL_FRAMING;
         try {
           this.conn.send(data, entry.hasDeadline);
         } catch (err) {

@@ -14,3 +14,4 @@ export { type FrameSource, type RawFrame, toPixels } from "./frames.js";
 export { HeadRunner } from "./head.js";
 export { BandwidthMonitor, type LinkEstimate, rateQuantile } from "./bandwidth.js";
 export { AdaptivePolicy, type Decision, erfc, FixedPolicy, FramePlanner, normalCdf, type Policy, WidthCost } from "./policy.js";
+export { BODY_MAX_BYTES, MAX_PIECES, parityWireBytes, piecesFor, splitPieces } from "./parity.js";

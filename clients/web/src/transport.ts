@@ -7,12 +7,14 @@
  * - "results": unordered and reliable;
  * - a frame that fits one packet is sent twice (redundancy instead of a late retransmission); the server
  *   drops the copy, and sends small results twice the same way: the second copy is dropped here;
+ * - a larger frame goes as one-packet pieces and their XOR (parity.ts): any one lost piece costs nothing;
  * - frames leave no faster than the bandwidth estimate (x1.25), never while the channel buffers more than
  *   64 KB, and a frame whose deadline passes while it waits is not sent at all.
  */
 
 import { authHeaders } from "./bundle.js";
 import { SplitError } from "./errors.js";
+import { splitPieces } from "./parity.js";
 import { decodeResult, type Result } from "./proto.js";
 
 export const FRAMES_CHANNEL = "frames";
@@ -30,6 +32,7 @@ export interface ConnectOptions {
 export class DatachannelConnection {
   private seen = new Map<string, true>();
   private nextSend = 0;
+  private group = Math.floor(Math.random() * 2 ** 32); // the pieces of one frame share a group number
   onResult: (r: Result) => void = () => {};
   onClose: (why: string) => void = () => {};
   headroom = 1.25;
@@ -121,8 +124,14 @@ export class DatachannelConnection {
 
   send(data: Uint8Array, withDeadline: boolean): void {
     if (this.frames.readyState !== "open") throw new SplitError("webrtc", `the frames channel is ${this.frames.readyState}`);
-    const copies = withDeadline && data.length <= REDUNDANT_MAX_BYTES ? 2 : 1;
-    for (let i = 0; i < copies; i++) this.frames.send(data as Uint8Array<ArrayBuffer>);
+    let messages = [data];
+    if (withDeadline && data.length <= REDUNDANT_MAX_BYTES) messages = [data, data];
+    else if (withDeadline) {
+      this.group = (this.group + 1) >>> 0;
+      const pieces = splitPieces(data, this.group);
+      if (pieces.length) messages = pieces;
+    }
+    for (const m of messages) this.frames.send(m as Uint8Array<ArrayBuffer>);
   }
 
   async close(): Promise<void> {

@@ -136,3 +136,12 @@ test("erfc matches known values", async () => {
     assert.ok(Math.abs(erfc(x) - want) <= 1e-14 * Math.max(want, 1e-3), `erfc(${x}) = ${erfc(x)}, want ${want}`);
   }
 });
+
+for (const [i, c] of (golden?.pieces ?? []).entries()) {
+  test(`parity pieces ${i} are the Python side's bytes`, async () => {
+    const { splitPieces, parityWireBytes } = await import("../dist/splitserve.js");
+    const message = Uint8Array.from(Buffer.from(c.message, "hex"));
+    assert.deepEqual(splitPieces(message, c.group, c.bodyBytes).map(hex), c.pieces);
+    assert.equal(parityWireBytes(message.length, 53), c.wireBytes);
+  });
+}

@@ -86,6 +86,7 @@ class AsyncSplitClient:
         self._ids = itertools.count(1)
         self._probes: set[asyncio.Task] = set()
         self._channel: grpc.aio.Channel | None = None
+        self.warmup_ms = 0.0  # connect() ran the head once per width it may use
 
     async def __aenter__(self) -> AsyncSplitClient:
         await self.connect()
@@ -128,6 +129,10 @@ class AsyncSplitClient:
         self.supervisor = ConnectionSupervisor(transport, self.ledger, self.settings.target, o.max_backoff_s,
                                                self._on_result)  # fmt: skip
         self.supervisor.start()
+        if o.policy != "local":  # while the connection opens
+            has_widths = codec_kind(o.codec).has_widths
+            widths = list(range(len(self.bundle.widths))) if self.planner is not None and has_widths else [o.width]
+            self.warmup_ms = await self.compute.warm(o.codec, widths)
         # a WebRTC connection takes a few round trips (ICE, DTLS, SCTP): let the first frame find it open
         try:
             await asyncio.wait_for(asyncio.shield(self.supervisor.tried.wait()), o.connect_timeout)

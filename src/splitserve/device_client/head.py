@@ -109,6 +109,19 @@ class DeviceCompute:
             await asyncio.sleep(extra / 1e3)
         return extra
 
+    async def warm(self, codec: str, widths: list[int]) -> float:
+        """Run each width once on a blank frame, so no frame's deadline pays for a cold start; the ms it took.
+
+        A runtime builds a width's session (onnxruntime) or first kernels (torch) on first use, which takes
+        several times a frame's head time: on the first frame at that width it would count against the deadline.
+        """
+        frame = np.zeros(self.runner.bundle.input.image_shape, dtype=np.uint8)
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        for width in widths:
+            await loop.run_in_executor(self._pool, self.runner.encode, frame, codec, width, self.image_quality)
+        return (time.perf_counter() - t0) * 1e3
+
     def local_ms(self, repeat: int = 5) -> float:
         """Local-only inference time on this device (slowdown applied), for the policy's fallback."""
         frame = np.zeros(self.runner.bundle.input.image_shape, dtype=np.uint8)

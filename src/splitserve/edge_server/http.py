@@ -12,7 +12,8 @@
   lists for devices are served; a name with a separator, ``..`` or anything else is a 404.
 - ``GET /v1/samples/<name>.npz``: the sample frames shipped in the package (what the demo's selftest runs).
 - ``GET /demo/``: the browser SDK's demo page (``clients/web``, built with ``npm run build``), from
-  ``--web-root`` (default: the checkout's ``clients/web/dist``).
+  ``--web-root`` (default: the checkout's ``clients/web/dist``), cross-origin isolated (COOP and COEP
+  headers) so that onnxruntime-web may use threads.
 
 Bearer tokens work exactly as on gRPC (``--tokens``): every route needs ``Authorization: Bearer <token>``.
 Browsers on other origins are let in only from ``--cors-origin`` (repeatable; none by default).
@@ -47,7 +48,8 @@ class HttpFrontend:
         self.tokens = tokens or {}
         self.cors_origins = set(cors_origins)
         self.max_offer_bytes = max_offer_bytes
-        self.app = web.Application(client_max_size=max_offer_bytes, middlewares=[self._cors, self._errors])
+        middlewares = [self._cors, self._isolated, self._errors]
+        self.app = web.Application(client_max_size=max_offer_bytes, middlewares=middlewares)
         self.app.add_routes([
             web.post("/v1/whip", self.whip_offer),
             web.delete("/v1/whip/{peer}", self.whip_end),
@@ -95,6 +97,20 @@ class HttpFrontend:
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
             response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
             response.headers["Access-Control-Expose-Headers"] = f"Location, {WINDOW_HEADER}"
+        return response
+
+    @web.middleware
+    async def _isolated(self, request: web.Request, handler):  # type: ignore[no-untyped-def]
+        """The demo is cross-origin isolated: onnxruntime-web then runs the head on two WASM threads.
+
+        Threads need SharedArrayBuffer, which a browser gives only to an isolated page; everything the
+        page loads (the SDK, onnxruntime's .wasm and its worker, the bundle) is same-origin, as
+        ``require-corp`` asks.
+        """
+        response = await handler(request)
+        if request.path.startswith("/demo/"):
+            response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
+            response.headers["Cross-Origin-Embedder-Policy"] = "require-corp"
         return response
 
     @web.middleware

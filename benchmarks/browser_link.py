@@ -1,0 +1,185 @@
+"""The browser SDK over the emulated lossy link, beside the Python client on the same link and frames.
+
+    sudo python benchmarks/browser_link.py [--model lite0-imagenet] [--widths 0,1,2,3] [--losses 5%] [--frames 300]
+
+Per width and loss, three runs on one 2 Mbit/s link with 20 ms one-way delay and the loss on both
+directions (network namespaces, as ``simulate --netns``), 10 fps, 150 ms deadline, the model's sample
+frames:
+
+- the Python device-client over gRPC and over the WebRTC datachannel (``simulate --netns``);
+- Debian's chromium, headless, in the device's namespace, on the edge server's
+  ``/demo/?selftest=N&fps=10&deadline=150&width=W&policy=fixed``: the browser SDK (onnxruntime-web,
+  the TypeScript coder, the browser's own SCTP stack) sending the same frames at the same pace.
+
+Targets: at 5 % loss the browser misses at most half as many deadlines as gRPC, and no more than the
+Python WebRTC client (one frame in 200 of slack: one run each, on a noisy machine).
+Prints a table and the checks; writes JSON under --out. Needs root, chromium and the built SDK
+(``cd clients/web && npm ci && npm run build``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+BIN = Path(sys.executable).parent
+LOSSES = {"0%": 0.0, "2%": 0.02, "5%": 0.05, "10%": 0.10}
+GRPC_PORT, HTTP_PORT = 50051, 8080  # inside a fresh network namespace every port is free
+
+
+def browser_run(model: str, width: int, loss: float, frames: int, fps: float, deadline_ms: int, seed: int,
+                threads: int = 0) -> dict:  # fmt: skip
+    """One selftest in chromium in the device's namespace, the edge server in the server's."""
+    from splitserve.simulator.link import LinkConfig
+    from splitserve.simulator.netns import NetnsLink
+
+    link = LinkConfig(rate_bps=2e6, delay_ms=20, loss=loss)
+    with NetnsLink(link, link, seed=seed) as ns, tempfile.TemporaryDirectory() as tmp:
+        host = ns.server.address
+        log_path = Path(tmp) / "edge-server.log"
+        cmd = [*ns.server.exec_prefix(), str(BIN / "edge-server"), "--host", host, "--port", str(GRPC_PORT),
+               "--http-port", str(HTTP_PORT), "--web-root", str(REPO / "clients" / "web" / "dist")]  # fmt: skip
+        with log_path.open("w") as out:
+            server = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            origin = f"http://{host}:{HTTP_PORT}"
+            url = (f"{origin}/demo/?selftest={frames}&model={model}&fps={fps:g}&deadline={deadline_ms}"
+                   f"&width={width}&policy=fixed" + (f"&threads={threads}" if threads else ""))  # fmt: skip
+            page = subprocess.run(
+                [*ns.device.exec_prefix(), sys.executable, __file__, "--page", url, "--origin", origin],
+                capture_output=True, text=True, timeout=frames / fps * 10 + 600,
+            )  # fmt: skip
+            if page.returncode != 0:
+                raise RuntimeError(f"the page run failed: {page.stderr[-3000:]}\n{log_path.read_text()[-2000:]}")
+            return json.loads(page.stdout.strip().splitlines()[-1])
+        finally:
+            server.terminate()
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+
+def run_page(url: str, origin: str) -> int:
+    """Inside the device's namespace: wait for the server, run the page in chromium, print its report."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_web_sdk_browser import run_selftest
+
+    end = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{origin}/v1/models", timeout=5).read()
+            break
+        except OSError:
+            if time.monotonic() > end:
+                print(f"{origin} did not answer within 120 s", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:  # a killed chromium may still write
+        # a plain-HTTP address is no secure context: SubtleCrypto, Cache Storage and isolation need one
+        secure = f"--unsafely-treat-insecure-origin-as-secure={origin}"
+        report = run_selftest(url, Path(tmp), timeout=900, extra_args=[secure])
+    print(json.dumps(report))
+    return 0
+
+
+def python_runs(model: str, width: int, loss: float, frames: int, seed: int) -> dict[str, dict]:
+    sys.path.insert(0, str(HERE))
+    from transports import run_one
+
+    result = run_one(model, f"split:{width}", loss, 1.0, frames, seed)
+    return {row["transport"]: row for row in result["strategies"]}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="lite0-imagenet")
+    p.add_argument("--widths", default="", help="comma-separated width indices (default: every width)")
+    p.add_argument("--losses", default="5%", help=f"comma-separated, of {', '.join(LOSSES)}")
+    p.add_argument("--frames", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="the browser head's WASM threads (default: the SDK's, 2)")
+    p.add_argument("--out", type=Path, default=HERE / "results")
+    p.add_argument("--page", help=argparse.SUPPRESS)  # the inner run, in the device's namespace
+    p.add_argument("--origin", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.page:
+        return run_page(args.page, args.origin)
+    from splitserve.models.zoo import load
+    from splitserve.simulator.netns import NetnsUnavailable, check_available
+
+    try:
+        check_available()
+    except NetnsUnavailable as exc:
+        print(f"browser_link.py: {exc}", file=sys.stderr)
+        return 2
+    if not (shutil.which("chromium") or shutil.which("chromium-browser")):
+        print("browser_link.py: no chromium (apt-get install chromium)", file=sys.stderr)
+        return 2
+    if not (REPO / "clients" / "web" / "dist" / "demo" / "index.html").is_file():
+        print("browser_link.py: the SDK is not built (cd clients/web && npm ci && npm run build)", file=sys.stderr)
+        return 2
+    n_widths = load(args.model).student.widths
+    widths = [int(w) for w in args.widths.split(",")] if args.widths else list(range(n_widths))
+    rows = []
+    for width in widths:
+        for name in [s.strip() for s in args.losses.split(",")]:
+            t0 = time.time()
+            py = python_runs(args.model, width, LOSSES[name], args.frames, args.seed)
+            web = browser_run(args.model, width, LOSSES[name], args.frames, 10, 150, args.seed, args.threads)
+            rows.append({
+                "width": width, "loss": name, "frames": args.frames,
+                "grpc_miss": py["grpc"]["deadline_miss"], "webrtc_miss": py["webrtc"]["deadline_miss"],
+                "browser_miss": 1 - web["ok"] / web["frames"],
+                "grpc_p95_ms": py["grpc"]["latency_ms"]["p95"], "webrtc_p95_ms": py["webrtc"]["latency_ms"]["p95"],
+                "browser_p95_ms": web["latency_ms_p95"], "browser_p50_ms": web["latency_ms_p50"],
+                "python_head_ms": py["webrtc"]["device_ms"], "browser_head_ms_p50": web["head_ms_p50"],
+                "browser_warmup_ms": web.get("warmup_ms"), "bytes_mean": web["bytes_mean"],
+                "cross_origin_isolated": web.get("cross_origin_isolated"), "wasm_threads": web.get("wasm_threads"),
+                "browser_other_ms_p50": web.get("other_ms_p50"),
+            })  # fmt: skip
+            print(f"width {width}, {name}: {time.time() - t0:.0f} s", flush=True)
+    head = (f"{'width':>5} {'loss':>5} {'bytes':>6} {'gRPC miss':>9} {'py WebRTC':>9} {'browser':>8} "
+            f"{'py head ms':>10} {'web head ms':>11}")  # fmt: skip
+    print(f"\n{args.model}, 2 Mbit/s, 20 ms one-way, 10 fps, 150 ms deadline, {args.frames} frames (netns)")
+    print(head + "\n" + "-" * len(head))
+    for r in rows:
+        print(f"{r['width']:>5} {r['loss']:>5} {r['bytes_mean']:>6.0f} {100 * r['grpc_miss']:>8.1f}% "
+              f"{100 * r['webrtc_miss']:>8.1f}% {100 * r['browser_miss']:>7.1f}% {r['python_head_ms']:>10.1f} "
+              f"{r['browser_head_ms_p50']:>11.1f}")  # fmt: skip
+    checks = []
+    for r in rows:
+        if r["loss"] == "5%":
+            g = r["grpc_miss"]
+            checks.append((f"width {r['width']}: browser misses / gRPC misses <= 0.5",
+                           r["browser_miss"] / g if g else float("inf") * bool(r["browser_miss"]), 0.5))  # fmt: skip
+        checks.append((f"width {r['width']}, {r['loss']}: browser misses - Python WebRTC misses <= 1/200",
+                       r["browser_miss"] - r["webrtc_miss"], 1 / 200))  # fmt: skip
+    print("\ntarget checks:")
+    for check, value, limit in checks:
+        print(f"  {'PASS' if value <= limit else 'MISS'}  {check}: {value:.3f}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"browser_link_{args.model}.json"
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or "chromium"
+    version = subprocess.run([chromium, "--version"], capture_output=True, text=True).stdout.strip()
+    path.write_text(json.dumps({
+        "model": args.model, "frames": args.frames, "link": "2 Mbit/s, 20 ms one-way, loss both ways (netns)",
+        "fps": 10, "deadline_ms": 150, "browser": version, "cpu": os.uname().machine, "rows": rows,
+        "checks": [{"check": c, "value": v, "limit": lim} for c, v, lim in checks],
+    }, indent=1) + "\n")  # fmt: skip
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
