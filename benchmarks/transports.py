@@ -97,7 +97,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     if len({r["strategy"] for r in rows}) > 1:  # every width: one group of bars per width
-        rows = [{**r, "loss": f"{r['strategy']} {r['loss']}"} for r in rows]
+        rows = [{**r, "loss": f"{r['strategy'].replace('split:', 'width ')}\n{r['loss']}"} for r in rows]
     losses = list(dict.fromkeys(r["loss"] for r in rows))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     width = 0.38
