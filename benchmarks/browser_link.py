@@ -36,24 +36,21 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 BIN = Path(sys.executable).parent
 LOSSES = {"0%": 0.0, "2%": 0.02, "5%": 0.05, "10%": 0.10}
-GRPC_PORT, HTTP_PORT = 50051, 8080  # inside a fresh network namespace every port is free
+HTTP_PORT = 8080  # inside a fresh network namespace every port is free
 
 
 def browser_run(model: str, width: int, loss: float, frames: int, fps: float, deadline_ms: int, seed: int,
                 threads: int = 0) -> dict:  # fmt: skip
     """One selftest in chromium in the device's namespace, the edge server in the server's."""
+    from splitserve.simulator.experiment import ExperimentConfig, edge_server
     from splitserve.simulator.link import LinkConfig
     from splitserve.simulator.netns import NetnsLink
 
     link = LinkConfig(rate_bps=2e6, delay_ms=20, loss=loss)
+    web = ["--http-port", str(HTTP_PORT), "--web-root", str(REPO / "clients" / "web" / "dist")]
+    cfg = ExperimentConfig(model=model, strategies=[], uplink=link, downlink=link, server_args=web)
     with NetnsLink(link, link, seed=seed) as ns, tempfile.TemporaryDirectory() as tmp:
-        host = ns.server.address
-        log_path = Path(tmp) / "edge-server.log"
-        cmd = [*ns.server.exec_prefix(), str(BIN / "edge-server"), "--host", host, "--port", str(GRPC_PORT),
-               "--http-port", str(HTTP_PORT), "--web-root", str(REPO / "clients" / "web" / "dist")]  # fmt: skip
-        with log_path.open("w") as out:
-            server = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        try:
+        with edge_server(cfg, Path(tmp), ns) as (host, _):
             origin = f"http://{host}:{HTTP_PORT}"
             url = (f"{origin}/demo/?selftest={frames}&model={model}&fps={fps:g}&deadline={deadline_ms}"
                    f"&width={width}&policy=fixed" + (f"&threads={threads}" if threads else ""))  # fmt: skip
@@ -62,14 +59,9 @@ def browser_run(model: str, width: int, loss: float, frames: int, fps: float, de
                 capture_output=True, text=True, timeout=frames / fps * 10 + 600,
             )  # fmt: skip
             if page.returncode != 0:
-                raise RuntimeError(f"the page run failed: {page.stderr[-3000:]}\n{log_path.read_text()[-2000:]}")
+                log = (Path(tmp) / "edge-server.log").read_text()[-2000:]
+                raise RuntimeError(f"the page run failed: {page.stderr[-3000:]}\n{log}")
             return json.loads(page.stdout.strip().splitlines()[-1])
-        finally:
-            server.terminate()
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                server.kill()
 
 
 def run_page(url: str, origin: str) -> int:
@@ -179,9 +171,9 @@ def main() -> int:
     checks = []
     for r in rows:
         if r["loss"] == "5%":
-            g = r["grpc_miss"]
-            checks.append((f"width {r['width']}: browser misses / gRPC misses <= 0.5",
-                           r["browser_miss"] / g if g else float("inf") * bool(r["browser_miss"]), 0.5))  # fmt: skip
+            g, b = r["grpc_miss"], r["browser_miss"]
+            ratio = b / g if g else (float("inf") if b else 0.0)
+            checks.append((f"width {r['width']}: browser misses / gRPC misses <= 0.5", ratio, 0.5))
         checks.append((f"width {r['width']}, {r['loss']}: browser misses - Python WebRTC misses <= 1/200",
                        r["browser_miss"] - r["webrtc_miss"], 1 / 200))  # fmt: skip
         checks.append((f"width {r['width']}: browser head / Python onnxruntime head <= 2 (browser under load)",

@@ -81,7 +81,7 @@ def checks(rows: list[dict]) -> list[tuple[str, float, float]]:
         by = {(r["loss"], r["transport"]): r for r in rows if r["strategy"] == strategy}
         if ("5%", "grpc") in by and ("5%", "webrtc") in by:
             g, w = by[("5%", "grpc")]["deadline_miss"], by[("5%", "webrtc")]["deadline_miss"]
-            ratio = w / g if g else float("inf") * bool(w)
+            ratio = w / g if g else (float("inf") if w else 0.0)
             out.append((f"{strategy}, 5% loss: WebRTC misses / gRPC misses <= 0.5", ratio, 0.5))
         if ("0%", "grpc") in by and ("0%", "webrtc") in by:
             g, w = by[("0%", "grpc")]["p95_ms"], by[("0%", "webrtc")]["p95_ms"]

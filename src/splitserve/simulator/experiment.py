@@ -100,7 +100,8 @@ class _ProxyThread:
 
 
 @contextlib.contextmanager
-def _server(cfg: ExperimentConfig, workdir: Path, netns=None) -> Iterator[tuple[str, int]]:  # type: ignore[no-untyped-def]
+def edge_server(cfg: ExperimentConfig, workdir: Path, netns=None) -> Iterator[tuple[str, int]]:  # type: ignore[no-untyped-def]
+    """A real edge-server (in ``netns``'s server namespace when given) until the block ends: (host, port)."""
     port = free_port()
     host = netns.server.address if netns is not None else "127.0.0.1"
     log_path = workdir / "edge-server.log"
@@ -221,7 +222,7 @@ def run_experiment(cfg: ExperimentConfig, on_progress: Callable[[str, int], None
         netns = NetnsLink(cfg.uplink, cfg.downlink, cfg.seed)
     rows, runs = [], []
     try:
-        with _server(cfg, workdir, None) if netns is None else _netns_server(cfg, workdir, netns) as (host, port):
+        with edge_server(cfg, workdir, None) if netns is None else _netns_server(cfg, workdir, netns) as (host, port):
             for n, strategy in enumerate(cfg.strategies):
 
                 def tick(frames: int, name: str = strategy.name, before: int = n * cfg.frames) -> None:
@@ -297,5 +298,5 @@ def _link_bps(link: LinkConfig, t: float) -> float | None:
 @contextlib.contextmanager
 def _netns_server(cfg: ExperimentConfig, workdir: Path, netns) -> Iterator[tuple[str, int]]:  # type: ignore[no-untyped-def]
     netns.start()
-    with _server(cfg, workdir, netns) as (host, port):
+    with edge_server(cfg, workdir, netns) as (host, port):
         yield host, port
