@@ -131,8 +131,10 @@ class AsyncSplitClient:
         self.supervisor.start()
         if o.policy != "local":  # while the connection opens
             has_widths = codec_kind(o.codec).has_widths
-            widths = list(range(len(self.bundle.widths))) if self.planner is not None and has_widths else [o.width]
-            self.warmup_ms = await self.compute.warm(o.codec, widths)
+            n = len(self.bundle.widths)
+            widths = list(range(n)) if self.planner is not None and has_widths else [o.width]
+            # a width the bundle lacks is not warmed: the first frame says what is wrong with it
+            self.warmup_ms = await self.compute.warm(o.codec, [w for w in widths if -1 <= w < n or not has_widths])
         # a WebRTC connection takes a few round trips (ICE, DTLS, SCTP): let the first frame find it open
         try:
             await asyncio.wait_for(asyncio.shield(self.supervisor.tried.wait()), o.connect_timeout)
