@@ -47,9 +47,13 @@ async def idle_offers(base: str, n: int) -> Counter:
     async with aiohttp.ClientSession() as http:
 
         async def one() -> None:
-            async with gate, http.post(f"{base}/v1/whip", data=sdp, headers={"Content-Type": "application/sdp"}) as r:
-                statuses[r.status] += 1
-                await r.read()
+            try:
+                async with gate, http.post(f"{base}/v1/whip", data=sdp, headers={"Content-Type": "application/sdp"},
+                                           timeout=aiohttp.ClientTimeout(total=30)) as r:  # fmt: skip
+                    statuses[r.status] += 1
+                    await r.read()
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                statuses[f"no answer ({type(exc).__name__})"] += 1
 
         await asyncio.gather(*(one() for _ in range(n)))
     return statuses
@@ -75,11 +79,16 @@ async def open_and_drop(base: str, n: int) -> Counter:
                     frames.on("open", opened.set)
                     await pc.setLocalDescription(await pc.createOffer())
                     headers = {"Content-Type": "application/sdp"}
-                    async with http.post(f"{base}/v1/whip", data=pc.localDescription.sdp, headers=headers) as r:
-                        text = await r.text()
-                        if r.status != 201:
-                            outcomes[f"HTTP {r.status}"] += 1
-                            return
+                    try:
+                        async with http.post(f"{base}/v1/whip", data=pc.localDescription.sdp, headers=headers,
+                                             timeout=aiohttp.ClientTimeout(total=30)) as r:  # fmt: skip
+                            text = await r.text()
+                            if r.status != 201:
+                                outcomes[f"HTTP {r.status}"] += 1
+                                return
+                    except (TimeoutError, aiohttp.ClientError) as exc:
+                        outcomes[f"no answer ({type(exc).__name__})"] += 1
+                        return
                     await pc.setRemoteDescription(RTCSessionDescription(sdp=text, type="answer"))
                     try:
                         await asyncio.wait_for(opened.wait(), 30)
@@ -105,8 +114,11 @@ def answers_a_frame(address: str) -> bool:
     from splitserve.device_client import ClientOptions, SplitClient
 
     images, _ = load_sample("fmnist-test")
-    with SplitClient(address, "fmnist-split", ClientOptions(deadline_ms=5000)) as client:
-        return client.infer(images[0]).ok
+    try:
+        with SplitClient(address, "fmnist-split", ClientOptions(deadline_ms=5000, connect_timeout=30)) as client:
+            return client.infer(images[0]).ok
+    except Exception:  # noqa: BLE001 -- any failure to get an answer is the finding
+        return False
 
 
 def main() -> int:
