@@ -64,9 +64,9 @@ type FrameFields = Parameters<typeof encodeFrame>[0];
 // a Frame's bytes on the link besides its payload: its other fields and the datachannel's framing
 const FRAME_FIELDS = 110;
 const FRAME_OVERHEAD = FRAME_FIELDS + DATACHANNEL_FRAMING;
-// what a frame with this payload puts on the link: with a deadline, a frame past one packet goes with parity
-const wireBytes = (payload: number, hasDeadline: boolean) =>
-  hasDeadline ? parityWireBytes(payload + FRAME_FIELDS, DATACHANNEL_FRAMING) : payload + FRAME_OVERHEAD;
+// what a Frame of this many bytes puts on the link: with a deadline, one past a packet goes with parity
+const wireBytes = (frameBytes: number, hasDeadline: boolean) =>
+  hasDeadline ? parityWireBytes(frameBytes, DATACHANNEL_FRAMING) : frameBytes + DATACHANNEL_FRAMING;
 
 interface Pending {
   frame: FrameFields;
@@ -211,7 +211,7 @@ export class SplitClient {
   /** Queue the frame and wait for its one outcome: its Result, or why it got none (a string). */
   private send(frameId: number, frame: FrameFields, expires: number, hasDeadline: boolean, attempts: { n: number }) {
     return new Promise<Result | string>((resolve) => {
-      const entry: Pending = { frame, wireBytes: wireBytes(frame.payload.length, hasDeadline), sentAt: null, expires, hasDeadline, resolve, attempts: 0, done: false, retries: 0 };
+      const entry: Pending = { frame, wireBytes: wireBytes(frame.payload.length + FRAME_FIELDS, hasDeadline), sentAt: null, expires, hasDeadline, resolve, attempts: 0, done: false, retries: 0 };
       const settle = (r: Result | string) => {
         if (entry.done) return;
         entry.done = true;
@@ -249,7 +249,7 @@ export class SplitClient {
         const data = encodeFrame(entry.frame); // with the budget left now: the server counts from arrival
         entry.attempts += 1;
         entry.sentAt = now;
-        entry.wireBytes = entry.hasDeadline ? parityWireBytes(data.length, DATACHANNEL_FRAMING) : data.length + DATACHANNEL_FRAMING;
+        entry.wireBytes = wireBytes(data.length, entry.hasDeadline);
         try {
           this.conn.send(data, entry.hasDeadline);
         } catch (err) {
