@@ -1,4 +1,7 @@
-"""Widths are nested: every width sends a prefix of the widest's channels, made by a prefix of its filters."""
+"""Student widths are nested: every one sends a prefix of the widest's channels, made by a prefix of its filters.
+
+Transform widths (above the student's) share one basis instead: each is the same rotation, by another step.
+"""
 
 import numpy as np
 import onnx
@@ -22,7 +25,7 @@ def _bottleneck_filters(path) -> np.ndarray:
 @pytest.mark.parametrize("model", sorted(bundle_dirs(BUNDLED)))
 def test_every_width_is_a_prefix_of_the_widest(model):
     bundle = load(model)
-    channels = [w["channels"] for w in bundle.widths]
+    channels = [w["channels"] for w in bundle.widths[: bundle.student.widths]]
     assert channels == list(bundle.student.bottleneck_channels())
     assert all(a < b for a, b in zip(channels, channels[1:], strict=False)), channels
     widest = _bottleneck_filters(bundle.path / f"head-w{len(channels) - 1}.onnx")
@@ -32,3 +35,16 @@ def test_every_width_is_a_prefix_of_the_widest(model):
         # the first c output channels, reading the first inputs of the narrower stage: the same numbers
         assert filters.shape[0] == c and filters.shape[1] < widest.shape[1]
         np.testing.assert_array_equal(filters, widest[:c, : filters.shape[1]])
+
+
+@pytest.mark.parametrize("model", sorted(bundle_dirs(BUNDLED)))
+def test_transform_widths_share_one_basis_and_differ_by_their_step(model):
+    bundle = load(model)
+    steps = bundle.manifest.transform_steps
+    if not steps:
+        pytest.skip(f"{model} has no transform widths")
+    first = bundle.student.widths
+    rotations = [_bottleneck_filters(bundle.path / f"head-w{first + i}.onnx") * s for i, s in enumerate(steps)]
+    for r in rotations[1:]:
+        np.testing.assert_allclose(r, rotations[0], rtol=1e-5, atol=1e-6)
+    assert steps == sorted(steps, reverse=True)  # finest last: the widest width

@@ -298,7 +298,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not args.out:
         print("splitserve export: give --out DIR, or --into-bundle", file=sys.stderr)
         return 2
-    width = bundle.student.widths - 1 if args.width < 0 else args.width
+    width = bundle.width_count - 1 if args.width < 0 else args.width
     try:
         for path in export_head(bundle, width, args.format, Path(args.out)):
             print(path)

@@ -108,8 +108,8 @@ def check_bundle(args: argparse.Namespace, bundle) -> str:  # type: ignore[no-un
     """What the flags ask of this model that it cannot do ("" when nothing)."""
     if args.codec not in bundle.codecs:
         return f"--codec {args.codec}: {bundle.name} serves {', '.join(bundle.codecs)}"
-    if codec_kind(args.codec).has_widths and args.width >= bundle.student.widths:
-        return f"--width {args.width}: {bundle.name} has widths 0..{bundle.student.widths - 1} (-1: the widest)"
+    if codec_kind(args.codec).has_widths and args.width >= bundle.width_count:
+        return f"--width {args.width}: {bundle.name} has widths 0..{bundle.width_count - 1} (-1: the widest)"
     return ""
 
 

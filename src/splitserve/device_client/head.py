@@ -61,7 +61,7 @@ class HeadRunner:
         """One frame -> EncodedFrame. ``width`` -1 means the widest (for codecs with widths)."""
         frame = self.check_image(image)
         kind = codec_kind(codec)
-        width = (self.bundle.student.widths - 1 if width < 0 else width) if kind.has_widths else 0
+        width = (self.bundle.width_count - 1 if width < 0 else width) if kind.has_widths else 0
         shape = self.bundle.payload_shape(codec, width)  # refuses a codec or width the bundle lacks
         encoder = self.bundle.encoder_for(codec, width, **({"quality": quality} if kind.has_quality else {}))
         t0 = time.perf_counter()

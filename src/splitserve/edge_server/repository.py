@@ -63,7 +63,7 @@ class ServedModel:
         if key not in self.batchers:
             raise InvalidRoute(
                 f"width {width} does not exist for {bundle.name}:{bundle.version} "
-                f"(widths 0..{bundle.student.widths - 1})"
+                f"(widths 0..{bundle.width_count - 1})"
             )
         return Route(key, bundle.decoder_for(codec, key.width), self.batchers[key])
 
@@ -76,7 +76,7 @@ def _load(path: Path, worker: DeviceWorker, batching: BatchingConfig) -> ServedM
     runners: dict[BatchKey, TailRunner] = {}
     for codec in bundle.codecs:
         kind = codec_kind(codec)
-        for width in range(bundle.student.widths) if kind.has_widths else [0]:
+        for width in range(bundle.width_count) if kind.has_widths else [0]:
             key = kind.batch_key(width)
             if key not in runners:
                 runners[key] = TailRunner(bundle, codec, key, worker, batching.max_batch)
@@ -134,7 +134,7 @@ class ModelRepository:
                 loaded.append(f"{name}:{version}")
                 log.info(
                     "serving %s:%s (%s widths, codecs %s, sha256 %s; loaded and warmed up in %.2f s)",
-                    name, version, served.bundle.student.widths, ",".join(served.bundle.codecs),
+                    name, version, served.bundle.width_count, ",".join(served.bundle.codecs),
                     served.bundle.sha256[:12], load_s,
                 )  # fmt: skip
                 if self.metrics is not None:

@@ -45,6 +45,8 @@ from splitserve.models.manifest import (
     Manifest,
     file_sha256,
 )
+from splitserve.models.transform import STATE_PREFIX as TRANSFORM_PREFIX
+from splitserve.models.transform import FeatureTransform, WidthsDecoder, WidthsEncoder, transform_state
 
 __all__ = [
     "DEVICE_FILES", "ENTROPY_FILE", "FORMAT", "HEAD_FILE", "MANIFEST", "TAIL_FILE", "TEACHER_FILE",
@@ -107,9 +109,13 @@ class Bundle(CodingBundle):
             raise BundleError(f"{self.path}: this bundle has no {name}")
         return load_state_dict(self.path / name)
 
-    def encoder(self) -> SlimmableEncoder:
-        def build() -> SlimmableEncoder:
+    def encoder(self) -> SlimmableEncoder | WidthsEncoder:
+        """The head over every width (``WidthsEncoder`` where the bundle has transform widths)."""
+
+        def build() -> SlimmableEncoder | WidthsEncoder:
             state = self._state(HEAD_FILE)
+            transform = self._transform(state)
+            state = {k: v for k, v in state.items() if not k.startswith(TRANSFORM_PREFIX)}
             prefix = None
             if self.student.prefix:  # the teacher's first layers, frozen in training
                 model = build_teacher(self.teacher_spec["family"], self.teacher_spec.get("args"))
@@ -125,9 +131,20 @@ class Bundle(CodingBundle):
                 # float the head multiplies by is a float16 value, and the ONNX heads store
                 # exactly these (export.py), so both runtimes compute with the same weights
                 _round_to_half(enc, skip="prefix.")
-            return enc
+            return enc if transform is None else WidthsEncoder(enc, transform).eval()
 
         return self._cached("encoder", build)
+
+    def _transform(self, state: dict[str, torch.Tensor]) -> FeatureTransform | None:
+        """The transform widths' basis, from head.pt or tail.pt (both carry it), or None."""
+        steps = self.manifest.transform_steps
+        if not steps:
+            return None
+        transform = FeatureTransform(self.feature_shape[0], steps)
+        saved = transform_state(state)
+        saved["steps"] = transform.steps  # the manifest's, which the tables were built for
+        transform.load_state_dict({k: v.float() for k, v in saved.items()})
+        return transform.eval()
 
     def teacher(self) -> nn.Module:
         def build() -> nn.Module:
@@ -145,11 +162,14 @@ class Bundle(CodingBundle):
     def teacher_split(self) -> tuple[nn.Module, nn.Module]:
         return self._cached("teacher_split", lambda: split_model(self.teacher(), self.teacher_spec["split"]))
 
-    def decoder_and_tail(self) -> tuple[BottleneckDecoder, nn.Module]:
-        def build() -> tuple[BottleneckDecoder, nn.Module]:
+    def decoder_and_tail(self) -> tuple[BottleneckDecoder | WidthsDecoder, nn.Module]:
+        def build() -> tuple[BottleneckDecoder | WidthsDecoder, nn.Module]:
             state = self._state(TAIL_FILE)
-            decoder = BottleneckDecoder(self.student)
+            decoder: BottleneckDecoder | WidthsDecoder = BottleneckDecoder(self.student)
             decoder.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("decoder.")})
+            transform = self._transform(state)
+            if transform is not None:
+                decoder = WidthsDecoder(decoder, transform, self.student.widths)
             tail_state = {k[5:]: v for k, v in state.items() if k.startswith("tail.")}
             if tail_state:  # fine-tuned in stage 2: its own copy of the teacher's layers
                 model = build_teacher(self.teacher_spec["family"], self.teacher_spec.get("args"))

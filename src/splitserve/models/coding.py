@@ -76,6 +76,10 @@ class CodingBundle:
     def device_files(self) -> list[str]:
         return self.manifest.device_files()
 
+    @property
+    def width_count(self) -> int:
+        return self.manifest.width_count
+
     def latent_shape(self, width: int) -> tuple[int, int, int]:
         return self.manifest.latent_shape(width)
 
@@ -97,7 +101,7 @@ class CodingBundle:
 
         def build() -> list[EntropyTables]:
             with np.load(self.path / ENTROPY_FILE, allow_pickle=False) as arrays:
-                return [EntropyTables.from_arrays(arrays, f"w{i}_") for i in range(self.student.widths)]
+                return [EntropyTables.from_arrays(arrays, f"w{i}_") for i in range(self.manifest.width_count)]
 
         return self._cached("tables", build)[width]
 

@@ -179,7 +179,7 @@ def export_into_bundle(bundle: Bundle) -> Bundle:
     manifest = dict(Manifest.read(path))
     files = {k: v for k, v in manifest["files"].items() if not ONNX_FILE.fullmatch(k)}  # replaced, not merged
     names = []
-    heads = [onnx_head_file(width) for width in range(bundle.student.widths)]
+    heads = [onnx_head_file(width) for width in range(bundle.width_count)]
     if bundle.student.prefix:
         prefix = _FrameToPrefix(bundle).eval()
         _onnx(prefix, path / ONNX_PREFIX_FILE, _frame(bundle), ("frame", "prefix"))

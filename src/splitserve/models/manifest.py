@@ -98,6 +98,12 @@ class Manifest(Mapping[str, Any]):
             raise BundleError(f"{path / MANIFEST}: malformed ({type(exc).__name__}: {exc})") from None
         if len(self.input.shape) != 3:
             raise BundleError(f"{path / MANIFEST}: input shape must be (C, H, W)")
+        kinds = [w.get("kind", "student") if isinstance(w, dict) else None for w in data["widths"]]
+        if kinds != ["student"] * self.student.widths + ["transform"] * (len(kinds) - self.student.widths):
+            raise BundleError(
+                f"{path / MANIFEST}: widths must be the student's {self.student.widths}, then transform widths; "
+                f"got kinds {kinds}"
+            )
         self.weights = str(data.get("weights", "float32"))
         if self.weights not in WEIGHT_PRECISIONS:
             raise BundleError(f"{path / MANIFEST}: weights {self.weights!r}; expected one of {WEIGHT_PRECISIONS}")
@@ -149,13 +155,23 @@ class Manifest(Mapping[str, Any]):
     def codecs(self) -> list[str]:
         return list(self._data.get("codecs", ["entropic"]))
 
+    @property
+    def width_count(self) -> int:
+        """Every width: the student's, then any transform widths (``models.transform``) above them."""
+        return len(self._data["widths"])
+
+    @property
+    def transform_steps(self) -> list[float]:
+        """The step of each transform width, in width order (empty: the student's widths only)."""
+        return [float(w["step"]) for w in self._data["widths"] if w.get("kind") == "transform"]
+
     def latent_shape(self, width: int) -> tuple[int, int, int]:
         self.check_width(width)
         return tuple(int(s) for s in self.widths[width]["latent_shape"])  # type: ignore[return-value]
 
     def check_width(self, width: int) -> None:
-        if not 0 <= width < self.student.widths:
-            raise ValueError(f"{self.name}: width {width} does not exist (widths 0..{self.student.widths - 1})")
+        if not 0 <= width < self.width_count:
+            raise ValueError(f"{self.name}: width {width} does not exist (widths 0..{self.width_count - 1})")
 
     # -- files -------------------------------------------------------------
     def has_file(self, name: str) -> bool:

@@ -255,7 +255,7 @@ def sweep_main(args: argparse.Namespace) -> int:
     slowdown, note = _slowdown(args)
     lo, hi = parse_rate_range(args.bandwidth)
     bandwidths = np.geomspace(lo, hi, args.points)
-    strategies = parse_strategies(args.strategies, bundle.student.widths)
+    strategies = parse_strategies(args.strategies, bundle.width_count)
     deadline = parse_time_ms(args.deadline)
     images, _ = load_sample(bundle.manifest.get("sample") or "")
     measured = {s.name: costs.measure(bundle, s, images, slowdown) for s in strategies if not s.adaptive}

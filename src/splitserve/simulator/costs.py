@@ -67,7 +67,7 @@ def measure(bundle: Bundle, strategy: Strategy, images: np.ndarray, slowdown: fl
         ms = timing(lambda: model(one[None])) * slowdown
         return StrategyCost(np.zeros(len(images), dtype=np.int64), 0, ms, 0.0, preds, 0)
     codec = strategy.codec
-    width = bundle.student.widths - 1 if strategy.adaptive else max(strategy.width, 0)
+    width = bundle.width_count - 1 if strategy.adaptive else max(strategy.width, 0)
     device = DevicePath(bundle, codec, width, **strategy.encoder_params())
     width, shape = device.width, device.shape
     decoder = bundle.decoder_for(codec, width)
@@ -93,5 +93,5 @@ def measure_widths(bundle: Bundle, images: np.ndarray, slowdown: float = 1.0,
                    timing: Callable[[Callable[[], object]], float] = median_ms) -> list[StrategyCost]:  # fmt: skip
     return [
         measure(bundle, Strategy(f"split:{w}", "entropic", width=w), images, slowdown, timing)
-        for w in range(bundle.student.widths)
+        for w in range(bundle.width_count)
     ]

@@ -8,6 +8,7 @@
     [stage1]   head distillation: epochs, lr, beta (rate weight), batch size
     [stage2]   tail fine-tuning with KD: epochs, lr (cosine, in cycles), whether the tail trains too,
                weight averaging (ema over steps, members: a soup of several runs)
+    [transform] widths above the student's that code the teacher's own features (models.transform)
     [eval]     how many test images the manifest's numbers are measured on
 
 Unknown keys are errors: a typo must not silently train the wrong model.
@@ -151,6 +152,18 @@ class Stage2Section:
 
 
 @dataclass
+class TransformSection:
+    # one transform width per step (models.transform), above the student's widths, finest
+    # last: the teacher's split features on their principal components, in units of the step
+    steps: list[float] = field(default_factory=list)
+    # training views the basis and the widths' coding tables are fitted on
+    frames: int = 2048
+    # "name:version" of a packaged bundle: keep its student as it is (no teacher or student
+    # training) and only add the transform widths; empty: train the student, then add them
+    base: str = ""
+
+
+@dataclass
 class EvalSection:
     limit: int = 0  # 0: the whole test set
     batch_size: int = 256
@@ -164,6 +177,7 @@ class TrainConfig:
     student: StudentSection = field(default_factory=StudentSection)
     stage1: Stage1Section = field(default_factory=Stage1Section)
     stage2: Stage2Section = field(default_factory=Stage2Section)
+    transform: TransformSection = field(default_factory=TransformSection)
     eval: EvalSection = field(default_factory=EvalSection)
     seed: int = 0
     device: str = "auto"
@@ -225,5 +239,12 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("[stage2] tail_lr must be >= 0, and only set with finetune_tail = true")
     if cfg.stage2.members < 1:
         raise ConfigError(f"[stage2] members must be >= 1 (1: one run of stage 2), got {cfg.stage2.members}")
+    t = cfg.transform
+    if any(not v > 0 for v in t.steps) or sorted(t.steps, reverse=True) != t.steps:
+        raise ConfigError(f"[transform] steps must be positive and decrease (finest last), got {t.steps}")
+    if t.steps and not s.prefix:
+        raise ConfigError("[transform] steps need [student] prefix = the teacher's split layer")
+    if t.frames < 1 or (t.base and (":" not in t.base or not t.steps)):
+        raise ConfigError(f"[transform] needs frames >= 1, and base as 'name:version' with steps; got {t}")
     if not 0 <= cfg.stage2.ema < 1:
         raise ConfigError(f"[stage2] ema must be in [0, 1) (0: no averaging), got {cfg.stage2.ema}")

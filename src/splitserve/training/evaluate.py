@@ -145,7 +145,7 @@ def evaluate_bundle(
     prefixed = _prefixed(bundle, images, batch_size)
     results = [
         evaluate_width(bundle, w, images, labels, teacher_top1, batch_size, progress, prefixed)
-        for w in range(bundle.student.widths)
+        for w in range(bundle.width_count)
     ]
     return teacher, results
 

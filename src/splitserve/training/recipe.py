@@ -21,6 +21,7 @@ from torch import nn
 
 from splitserve import __version__
 from splitserve.codecs import CODEC_IDS
+from splitserve.models import zoo
 from splitserve.models.backbones import (
     build_teacher,
     feature_shape,
@@ -38,6 +39,7 @@ from splitserve.training.config import ConfigError, Stage2Section, TrainConfig, 
 from splitserve.training.data import TrainData, build_data
 from splitserve.training.evaluate import evaluate_bundle
 from splitserve.training.parallel import World, sharded, steps_per_epoch
+from splitserve.training.transform import add_transform_widths, fitting_frames
 
 log = logging.getLogger("splitserve.train")
 PHASES = ("teacher", "stage1", "stage2", "done")
@@ -444,6 +446,12 @@ def _train(cfg: TrainConfig, out_root: Path, work: Path, resume: bool, progress:
         torch.backends.cudnn.benchmark = True  # fixed shapes: pick each convolution's fastest kernel once
         torch.backends.cuda.matmul.allow_tf32 = True
     data = build_data(cfg.data, cfg.seed, str(run.device), run.progress)
+    if cfg.transform.base:  # the base bundle's student as it is: only the transform widths are new
+        name, _, version = cfg.transform.base.partition(":")
+        base = Bundle.load(zoo.find_bundle(name, version))
+        if not world.main:
+            return None
+        return _with_transform(cfg, base, data, out_root, progress)
     spec = _input_spec(cfg)
     pre = Preprocess(spec).to(run.device)
     teacher_model = train_teacher(run, data, pre)
@@ -503,7 +511,27 @@ def _train(cfg: TrainConfig, out_root: Path, work: Path, resume: bool, progress:
         "training": {"config": cfg.to_dict(), "history": run.state["history"], "images": data.train_files},
     }
     bundle = write_bundle(dest, manifest, states, tables, weights=cfg.model.weights)
+    if cfg.transform.steps:
+        return _with_transform(cfg, bundle, data, out_root, progress)
 
+    n = cfg.eval.limit or len(data.test_images)
+    labels = data.test_labels[:n] if data.has_labels else None
+    return record_evaluation(bundle, data.test_images[:n], labels, cfg.eval.batch_size, progress)
+
+
+def _with_transform(cfg: TrainConfig, bundle: Bundle, data: TrainData, out_root: Path, progress: bool) -> Bundle:
+    """``[transform]``: the bundle with transform widths above its student's, written and evaluated."""
+    dest = out_root / cfg.model.name / cfg.model.version
+    frames = fitting_frames(data, cfg.transform.frames, cfg.seed)
+    bundle = add_transform_widths(bundle, cfg.transform, frames, dest, cfg.model.version)
+    manifest = dict(bundle.manifest)
+    manifest.update(name=cfg.model.name, description=cfg.model.description or manifest["description"])
+    if cfg.transform.base:
+        base_training = manifest["training"]
+        images = sorted(set(base_training.get("images") or []) | set(data.train_files))  # eval leaves them out
+        manifest["training"] = {"config": cfg.to_dict(), "images": images, "base": base_training}
+    (bundle.path / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    bundle = Bundle.load(bundle.path)
     n = cfg.eval.limit or len(data.test_images)
     labels = data.test_labels[:n] if data.has_labels else None
     return record_evaluation(bundle, data.test_images[:n], labels, cfg.eval.batch_size, progress)

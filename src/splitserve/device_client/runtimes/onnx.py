@@ -44,7 +44,7 @@ class OnnxRuntime(HeadRuntime):
         self, bundle: CodingBundle, threads: int | None = None, providers: Sequence[str] | None = None
     ) -> None:
         super().__init__(bundle)
-        for w in range(bundle.student.widths):  # refuse a bundle without exported heads now, not on a frame
+        for w in range(bundle.width_count):  # refuse a bundle without exported heads now, not on a frame
             bundle.manifest.onnx_head(w)
         self.options = ort.SessionOptions()
         if threads:
