@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     except ServerConfigError as exc:
         print(f"edge-server: {exc}", file=sys.stderr)
         return 2
-    setup_logging(cfg.log_level, cfg.log_format)
+    setup_logging(cfg.log_level, cfg.log_format, background=True)  # a stalled log reader must not stall serving
     from splitserve.edge_server.workers import default_workers, supervise
 
     workers = cfg.workers or default_workers()

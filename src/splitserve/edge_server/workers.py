@@ -106,7 +106,7 @@ def _worker_main(cfg: ServerConfig, overrides: dict, index: int, threads: int, r
     from splitserve.edge_server.server import serve
     from splitserve.logs import setup_logging
 
-    setup_logging(cfg.log_level, cfg.log_format)
+    setup_logging(cfg.log_level, cfg.log_format, background=True)  # a stalled log reader must not stall serving
     if threads:
         torch.set_num_threads(threads)
 
