@@ -138,7 +138,7 @@ def main() -> int:
     if not (REPO / "clients" / "web" / "dist" / "demo" / "index.html").is_file():
         print("browser_link.py: the SDK is not built (cd clients/web && npm ci && npm run build)", file=sys.stderr)
         return 2
-    n_widths = load(args.model).student.widths
+    n_widths = load(args.model).width_count
     widths = [int(w) for w in args.widths.split(",")] if args.widths else list(range(n_widths))
     rows = []
     for width in widths:

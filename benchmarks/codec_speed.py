@@ -187,7 +187,7 @@ def main() -> int:
     bundle = load(args.model)
     images, _ = load_sample(bundle.manifest.get("sample") or "")
     images = images[: args.frames]
-    rows = [bench_width(bundle, w, images, args.seconds) for w in range(bundle.student.widths)]
+    rows = [bench_width(bundle, w, images, args.seconds) for w in range(bundle.width_count)]
 
     head = (f"{'width':>5} {'symbols':>8} {'enc ours':>9} {'enc cai':>8} {'dec constr':>10} {'dec ours':>9} "
             f"{'dec batch':>9} {'dec cai':>8} {'cai+lists':>9} {'batch/cai':>9} {'batch 2thr':>10} {'cai 2thr':>8} "

@@ -158,7 +158,7 @@ def import_times(venv: Path, repeat: int = 7) -> dict:
 def head_latency(bundle, images: np.ndarray) -> list[dict]:  # type: ignore[no-untyped-def]
     runtimes = {name: make_runtime(name, bundle, threads=1) for name in ("torch", "onnx")}
     rows = []
-    for w in range(bundle.student.widths):
+    for w in range(bundle.width_count):
         row: dict = {"width": w}
         for name, rt in runtimes.items():
             rt.features(images[0], "entropic", w)  # warm-up: first-call allocations, session creation
@@ -192,7 +192,7 @@ def parity(bundle, images: np.ndarray, labels: np.ndarray) -> list[dict]:  # typ
                                       for i in range(0, len(images), 16)])  # fmt: skip
     runtimes = {name: make_runtime(name, bundle, threads=1) for name in ("torch", "onnx")}
     rows = []
-    for w in range(bundle.student.widths):
+    for w in range(bundle.width_count):
         enc, dec = bundle.encoder_for("entropic", w), bundle.decoder_for("entropic", w)
         tail, shape = bundle.server_stage("entropic", w), bundle.latent_shape(w)
         symbols, preds, same_payload = {}, {}, 0

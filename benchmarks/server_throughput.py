@@ -59,7 +59,7 @@ def write_payloads(model: str, path: Path) -> None:
     from splitserve.models.zoo import load
 
     bundle = load(model)
-    width = bundle.student.widths - 1
+    width = bundle.width_count - 1
     payloads = real_payloads(bundle, width)
     path.write_text(json.dumps({
         "model": bundle.name, "width": width, "shape": list(bundle.latent_shape(width)),
@@ -170,7 +170,7 @@ def tail_loop(model: str, batch: int, device: str, seconds: float = 3.0) -> dict
     from splitserve.models.zoo import load
 
     bundle = load(model)
-    width = bundle.student.widths - 1
+    width = bundle.width_count - 1
     dev = torch.device(device)
     stage = bundle.server_stage("entropic", width).to(dev)
     decoder = bundle.decoder_for("entropic", width)

@@ -52,7 +52,7 @@ def floor_ms(result: dict, name: str) -> float:
     row = next(r for r in result["strategies"] if r["name"] == name)
     up = result["link"]["uplink"]
     frames = [p for p in result["timeline"][name] if p["status"] == "OK"]
-    wire = row["bytes_per_frame"] + frame_overhead(bundle, "entropic", bundle.student.widths - 1)
+    wire = row["bytes_per_frame"] + frame_overhead(bundle, "entropic", bundle.width_count - 1)
     server = sum(p.get("server_ms") or 0.0 for p in frames) / max(len(frames), 1)
     return wire * 8 / up["rate_bps"] * 1e3 + 2 * up["delay_ms"] + row["device_ms"] + server
 

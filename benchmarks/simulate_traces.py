@@ -89,7 +89,7 @@ def load_costs(bundle, out: Path, measure_times: bool):  # type: ignore[no-untyp
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     images, labels = load_sample(bundle.manifest.get("sample") or "")
-    strategies = parse_strategies("local,jpeg", bundle.student.widths)
+    strategies = parse_strategies("local,jpeg", bundle.width_count)
     measured = {s.name: costs.measure(bundle, s, images, timing=costs.least_ms) for s in strategies}
     widths = costs.measure_widths(bundle, images, timing=costs.least_ms)
     torch.set_num_threads(threads)

@@ -62,7 +62,7 @@ def main() -> int:
     teacher_top1 = predict_local(bundles[0], x, 100)  # the same teacher for all (checked above)
     report = {"images": len(rows), "frames": len(x), "teacher_top1": float((teacher_top1 == y).mean()), "bundles": []}
     print(f"{len(rows)} images x 10 crops; teacher top-1 {report['teacher_top1']:.3f}")
-    print(f"{'bundle':<28} " + " | ".join(f"w{w} top-1 / agree / bytes" for w in range(bundles[0].student.widths)))
+    print(f"{'bundle':<28} " + " | ".join(f"w{w} top-1 / agree / bytes" for w in range(bundles[0].width_count)))
     for arg, bundle in zip(args.bundles, bundles, strict=True):
         _, results = evaluate_bundle(bundle, x, y, 100, progress=False, teacher_top1=teacher_top1)
         widths = [{"top1": r.accuracy, "agreement": r.agreement, "bytes_mean": r.bytes_mean} for r in results]

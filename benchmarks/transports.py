@@ -44,7 +44,7 @@ def run_one(model: str, strategy: str, loss: float, burst: float, frames: int, s
     from splitserve.simulator.strategies import parse_strategies, with_transports
 
     bundle = load(model)
-    strategies = with_transports(parse_strategies(strategy, bundle.student.widths), TRANSPORTS)
+    strategies = with_transports(parse_strategies(strategy, bundle.width_count), TRANSPORTS)
     link = LinkConfig(rate_bps=2e6, delay_ms=20, loss=loss, burst=burst)
     cfg = ExperimentConfig(model=model, strategies=strategies, uplink=link, downlink=link, frames=frames, fps=10,
                            deadline_ms=150, netns=True, seed=seed)  # fmt: skip
@@ -143,7 +143,7 @@ def main() -> int:
     wanted = [s.strip() for s in args.losses.split(",")]
     from splitserve.models.zoo import load
 
-    strategies = strategies_of(args.strategy, load(args.model).student.widths)
+    strategies = strategies_of(args.strategy, load(args.model).width_count)
     rows = []
     for strategy, (name, loss, burst) in itertools.product(strategies, LOSSES):
         if name not in wanted:

@@ -19,7 +19,7 @@ def good_frame(bundle, frame_id: int, width: int = -1) -> pb.Frame:
     from splitserve.data.samples import load_sample
 
     images, _ = load_sample("fmnist-test")
-    width = bundle.student.widths - 1 if width < 0 else width
+    width = bundle.width_count - 1 if width < 0 else width
     device = DevicePath(bundle, "entropic", width)
     payload = device(torch.from_numpy(images[frame_id % 100])[None])[0]
     return pb.Frame(

@@ -159,7 +159,7 @@ def test_lite0_camera_model_runs_every_width_on_shipped_photos():
         split = lite0.server_stage("fp16")(lite0.device_stage("fp16")(x))
         torch.testing.assert_close(split, teacher, rtol=1e-4, atol=1e-4)
         sizes = []
-        for w in range(lite0.student.widths):
+        for w in range(lite0.width_count):
             y = lite0.device_stage("entropic", w)(x)
             coded = [lite0.encoder_for("entropic", w).encode(yi) for yi in y]
             sizes.append(sum(map(len, coded)) / len(coded))

@@ -26,7 +26,7 @@ def constriction_bytes(symbols: np.ndarray, probabilities: list[np.ndarray]) -> 
 def test_the_same_bytes_as_constriction_for_every_shipped_table(model):
     bundle = CodingBundle.load(find_bundle(model), verify=False)
     rng = np.random.default_rng(7)
-    for width in range(bundle.student.widths):
+    for width in range(bundle.width_count):
         n = 64 if model == "lite0-imagenet" else int(np.prod(bundle.latent_shape(width)[1:]))
         probabilities, cdfs, batch = table_symbols(bundle.entropy_tables(width), n, rng)
         for symbols in batch:
@@ -68,7 +68,7 @@ def test_a_device_without_constriction_sends_the_same_payloads(fmnist):
         "head = HeadRunner(local_bundle('fmnist-split'), runtime='onnx')\n"
         "images, _ = load_sample('fmnist-test')\n"
         "out = [[head.encode(img, 'entropic', w).payload.hex() for img in images[:10]]\n"
-        "       for w in range(head.bundle.student.widths)]\n"
+        "       for w in range(head.bundle.width_count)]\n"
         "try:\n"
         "    head.bundle.decoder_for('entropic', 0)\n"
         "except CodecError as exc:\n"

@@ -33,7 +33,7 @@ def kernel_for(freqs: list[np.ndarray], lows: np.ndarray | None = None):
 def test_every_shipped_table_decodes_a_batch_to_the_encoded_symbols(model):
     bundle = CodingBundle.load(find_bundle(model), verify=False)
     rng = np.random.default_rng(3)
-    for width in range(bundle.student.widths):
+    for width in range(bundle.width_count):
         tables = bundle.entropy_tables(width)
         c, h, w = bundle.latent_shape(width)
         kernel, _ = kernel_for(list(tables.freqs))

@@ -70,7 +70,7 @@ def golden_vectors(rng: np.random.Generator) -> dict:
     entropic = []
     for model in ("fmnist-split", "lite0-imagenet"):
         bundle = load(model)
-        for w in range(bundle.student.widths):
+        for w in range(bundle.width_count):
             shape = tuple(bundle.latent_shape(w))
             case = _entropic_case(f"{model} width {w}", bundle.entropy_tables(w), shape, rng)
             entropic.append({**case, "npz": str(bundle.path / "entropy.npz"), "width": w})
