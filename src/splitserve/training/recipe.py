@@ -513,25 +513,28 @@ def _train(cfg: TrainConfig, out_root: Path, work: Path, resume: bool, progress:
     bundle = write_bundle(dest, manifest, states, tables, weights=cfg.model.weights)
     if cfg.transform.steps:
         return _with_transform(cfg, bundle, data, out_root, progress)
-
-    n = cfg.eval.limit or len(data.test_images)
-    labels = data.test_labels[:n] if data.has_labels else None
-    return record_evaluation(bundle, data.test_images[:n], labels, cfg.eval.batch_size, progress)
+    return _evaluated(cfg, bundle, data, progress)
 
 
 def _with_transform(cfg: TrainConfig, bundle: Bundle, data: TrainData, out_root: Path, progress: bool) -> Bundle:
     """``[transform]``: the bundle with transform widths above its student's, written and evaluated."""
-    dest = out_root / cfg.model.name / cfg.model.version
-    frames = fitting_frames(data, cfg.transform.frames, cfg.seed)
-    bundle = add_transform_widths(bundle, cfg.transform, frames, dest, cfg.model.version)
-    manifest = dict(bundle.manifest)
-    manifest.update(name=cfg.model.name, description=cfg.model.description or manifest["description"])
+    training = bundle.manifest["training"]
     if cfg.transform.base:
-        base_training = manifest["training"]
-        images = sorted(set(base_training.get("images") or []) | set(data.train_files))  # eval leaves them out
-        manifest["training"] = {"config": cfg.to_dict(), "images": images, "base": base_training}
-    (bundle.path / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    bundle = Bundle.load(bundle.path)
+        student = training
+        while "base" in student:  # a refit of a refit: name the student's own training once, not nested
+            student = student["base"]
+        images = sorted(set(student.get("images") or []) | set(data.train_files))  # eval leaves them out
+        training = {"config": cfg.to_dict(), "images": images, "base": student}
+    frames = fitting_frames(data, cfg.transform.frames, cfg.seed)
+    bundle = add_transform_widths(
+        bundle, cfg.transform, frames, out_root / cfg.model.name / cfg.model.version, cfg.model.version,
+        name=cfg.model.name, description=cfg.model.description or bundle.manifest["description"], training=training,
+    )  # fmt: skip
+    return _evaluated(cfg, bundle, data, progress)
+
+
+def _evaluated(cfg: TrainConfig, bundle: Bundle, data: TrainData, progress: bool) -> Bundle:
+    """The bundle measured on the test frames (``[eval] limit`` of them), the numbers in its manifest."""
     n = cfg.eval.limit or len(data.test_images)
     labels = data.test_labels[:n] if data.has_labels else None
     return record_evaluation(bundle, data.test_images[:n], labels, cfg.eval.batch_size, progress)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,8 +38,10 @@ def fitting_frames(data: TrainData, n: int, seed: int) -> np.ndarray:
 
 
 def add_transform_widths(bundle: Bundle, cfg: TransformSection, frames: np.ndarray, dest: Path,
-                         version: str) -> Bundle:  # fmt: skip
+                         version: str, **manifest_updates: Any) -> Bundle:  # fmt: skip
     """Write ``bundle`` with transform widths above its own (at ``dest``, as ``version``); returns it.
+
+    ``manifest_updates``: other manifest keys the new bundle gets instead of the base's (name, training...).
 
     The student's weights and tables are copied unchanged, so its widths code exactly as before;
     transform widths the bundle already has are replaced.
@@ -71,6 +74,6 @@ def add_transform_widths(bundle: Bundle, cfg: TransformSection, frames: np.ndarr
     ]  # fmt: skip
     manifest = {k: v for k, v in bundle.manifest.items() if k not in ("format", "files", "weights", "onnx",
                                                                       "evaluation")}  # fmt: skip
-    manifest.update(version=version, widths=widths)
+    manifest.update(manifest_updates, version=version, widths=widths)
     manifest["transform"] = {"frames": int(len(frames)), "base": f"{bundle.name}:{bundle.version}"}
     return write_bundle(dest, manifest, states, tables, weights=bundle.weights)
