@@ -1,7 +1,9 @@
 // The demo page: the SDK on the camera, a file or the bundle's sample frames; ?selftest=N&model=M runs N
 // sample frames and writes one JSON object into <pre id="selftest"> (what the end-to-end test reads);
 // &fps=F starts them at a camera's pace instead of one after another, &deadline=MS and &width=W as named.
-import { listModels, type Outcome, parseNpz, type RawFrame, SplitClient } from "../src/index.js";
+// ?headbench=N&model=M times the head alone (no frame sent) on N sample frames at every width, for
+// benchmarks/browser_head.py, and writes its JSON into the same <pre>.
+import { listModels, type Outcome, parseNpz, type RawFrame, SplitClient, toPixels, WorkerHead } from "../src/index.js";
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
 const params = new URLSearchParams(location.search);
@@ -17,6 +19,7 @@ async function connect(model: string): Promise<SplitClient> {
     model, token: token || undefined, deadlineMs: Number(params.get("deadline") ?? 1000),
     width: params.has("width") ? Number(params.get("width")) : -1,
     threads: params.has("threads") ? Number(params.get("threads")) : undefined,
+    headInWorker: params.has("worker") ? (params.get("worker") === "auto" ? "auto" : params.get("worker") !== "0") : undefined,
     // the selftest compares with the Python client at one width; a person on a phone wants adaptive
     policy: (params.get("policy") ?? (params.has("selftest") ? "fixed" : "adaptive")) as "adaptive" | "fixed",
     onProgress: (p) => ($("progress").textContent = `${p.file}: ${(p.loaded / 1e6).toFixed(1)} of ${(p.total / 1e6).toFixed(1)} MB${p.cached ? " (cached)" : ""}`),
@@ -135,6 +138,32 @@ async function selftest(n: number, model: string): Promise<void> {
     width_counts: widthCounts,
     cross_origin_isolated: crossOriginIsolated,
     wasm_threads: crossOriginIsolated ? Number(params.get("threads") ?? 2) : 1,
+    head_in_worker: c.head instanceof WorkerHead,
+  };
+  $("selftest").textContent = JSON.stringify(report);
+}
+
+/** Head time alone at every width: the graphs, then the coder, on the sample frames; nothing is sent. */
+async function headbench(n: number, model: string): Promise<void> {
+  const c = await connect(model);
+  const { frames } = await sampleFrames(c.manifest.sample ?? model, params.get("token"));
+  const pixels = frames.map((f) => toPixels(f, c.manifest.input.shape));
+  const widths = [];
+  for (let width = 0; width < c.head.widths; width++) {
+    const graphs: number[] = [];
+    const total: number[] = [];
+    for (let i = 0; i < n; i++) {
+      const t0 = performance.now();
+      await c.head.features(pixels[i % pixels.length], width);
+      graphs.push(performance.now() - t0);
+      total.push((await c.head.encode(pixels[i % pixels.length], width)).headMs);
+    }
+    widths.push({ width, graphs_ms_p50: quantile(graphs, 0.5), head_ms_p50: quantile(total, 0.5), head_ms: total.map((t) => Math.round(t * 100) / 100) });
+  }
+  const report = {
+    model: `${c.manifest.name}:${c.manifest.version}`, frames: n, widths, warmup_ms: c.warmupMs,
+    head_in_worker: c.head instanceof WorkerHead, cross_origin_isolated: crossOriginIsolated,
+    wasm_threads: crossOriginIsolated ? Number(params.get("threads") ?? 2) : 1,
   };
   $("selftest").textContent = JSON.stringify(report);
 }
@@ -161,9 +190,11 @@ async function main(): Promise<void> {
     if (file) show(await (await connect(select.value)).infer(await createImageBitmap(file)));
   };
   $("samples").onclick = () => selftest(20, select.value).catch((e) => ($("progress").textContent = String(e)));
-  if (params.has("selftest")) {
+  if (params.has("selftest") || params.has("headbench")) {
     try {
-      await selftest(Number(params.get("selftest")), params.get("model") ?? select.value);
+      const model = params.get("model") ?? select.value;
+      if (params.has("headbench")) await headbench(Number(params.get("headbench")), model);
+      else await selftest(Number(params.get("selftest")), model);
     } catch (err) {
       $("selftest").textContent = JSON.stringify({ error: String(err) });
     }

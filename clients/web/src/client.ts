@@ -13,7 +13,8 @@ import { BandwidthMonitor } from "./bandwidth.js";
 import { type Bundle, loadBundle, type Progress } from "./bundle.js";
 import { SplitError } from "./errors.js";
 import { toPixels, type FrameSource } from "./frames.js";
-import { HeadRunner } from "./head.js";
+import type { Head } from "./head.js";
+import { openHead } from "./head_worker.js";
 import { AdaptivePolicy, FixedPolicy, FramePlanner, WidthCost } from "./policy.js";
 import { type ClassScore, encodeFrame, type Result, Status, statusName } from "./proto.js";
 import { parityWireBytes } from "./parity.js";
@@ -35,9 +36,10 @@ export interface ClientOptions {
   giveUpMs?: number;
   /** WASM threads for the head where the page is cross-origin isolated (default 2; one thread otherwise) */
   threads?: number;
-  /** run the head in a Web Worker, off the page's thread (default true; the worker loads the script the
-   *  SDK is in, so a page that bundles the SDK with code touching the DOM at load time sets false) */
-  headInWorker?: boolean;
+  /** run the head in a Web Worker, off the page's thread: true, false, or "auto" (the default: a worker
+   *  unless the bundle's head takes under a millisecond). The worker loads the script the SDK is in, so a
+   *  page that bundles the SDK with code touching the DOM at load time sets false. */
+  headInWorker?: boolean | "auto";
   /** where onnxruntime's .wasm files are (default: the server's /demo/ort/) */
   wasmPaths?: string;
   onProgress?: (p: Progress) => void;
@@ -94,7 +96,7 @@ export class SplitClient {
   private constructor(
     readonly server: string,
     readonly bundle: Bundle,
-    readonly head: HeadRunner,
+    readonly head: Head,
     readonly conn: DatachannelConnection,
     readonly options: ClientOptions,
   ) {
@@ -130,19 +132,21 @@ export class SplitClient {
     const bundle = await loadBundle(base, options.model, {
       token: options.token, version: options.version, onProgress: options.onProgress,
     });
-    const head = await HeadRunner.create(bundle, { wasmPaths: options.wasmPaths ?? `${base}/demo/ort/`, threads: options.threads,
+    const head = await openHead(bundle, { wasmPaths: options.wasmPaths ?? `${base}/demo/ort/`, threads: options.threads,
       worker: options.headInWorker });
     // every width the policy may pick, while the datachannel opens: no frame pays for a cold session
     const n = bundle.manifest.widths.length;
     const fixed = (options.width ?? -1) < 0 ? n - 1 : options.width!;
     const warm = head.warm(options.policy === "adaptive" ? [...Array(n).keys()] : [fixed]);
     warm.catch(() => {}); // awaited below; if opening fails first, its failure is the one reported
-    const conn = await DatachannelConnection.open(base, { token: options.token, deadlineMs: options.deadlineMs });
+    let conn: DatachannelConnection | null = null;
     let warmupMs: number;
     try {
+      conn = await DatachannelConnection.open(base, { token: options.token, deadlineMs: options.deadlineMs });
       warmupMs = await warm;
     } catch (err) {
-      conn.close();
+      conn?.close();
+      head.close();
       throw err;
     }
     const client = new SplitClient(base, bundle, head, conn, options);
@@ -291,6 +295,7 @@ export class SplitClient {
 
   async close(): Promise<void> {
     this.failAll("the client closed");
+    this.head.close();
     await this.conn.close();
   }
 }

@@ -21,11 +21,21 @@ export interface HeadOptions {
   /** where onnxruntime's .wasm files are served from (the edge server serves them at /demo/ort/) */
   wasmPaths?: string;
   threads?: number;
-  /** run the head in a worker (default true) */
-  worker?: boolean;
+  /** run the head in a worker: true, false, or "auto" (the default: in a worker unless the bundle's
+   *  widest head takes under a millisecond, less than a worker's round trip); see head_worker.ts */
+  worker?: boolean | "auto";
 }
 
-export class HeadRunner {
+/** What a frame's path needs of a head, on this thread (HeadRunner) or in a worker (WorkerHead). */
+export interface Head {
+  readonly widths: number;
+  warm(widths: number[], minMs?: number, budgetMs?: number): Promise<number>;
+  features(pixels: Uint8Array, width: number): Promise<Float32Array>;
+  encode(pixels: Uint8Array, width: number): Promise<Encoded>;
+  close(): void;
+}
+
+export class HeadRunner implements Head {
   private sessions = new Map<number, ort.InferenceSession>();
   private prefix: ort.InferenceSession | null = null;
   private encoders: EntropicEncoder[];
@@ -37,18 +47,25 @@ export class HeadRunner {
     );
   }
 
+  /** The head on this thread (a page's or a worker's); ``openHead`` picks between this and a worker. */
   static async create(bundle: Bundle, options: HeadOptions = {}): Promise<HeadRunner> {
     if (options.wasmPaths) ort.env.wasm.wasmPaths = options.wasmPaths;
     // threads need cross-origin isolation (SharedArrayBuffer); one thread otherwise
     const isolated = typeof crossOriginIsolated !== "undefined" && crossOriginIsolated;
     ort.env.wasm.numThreads = isolated ? (options.threads ?? 2) : 1;
-    // In a worker (onnxruntime's proxy) the head does not hold the page's thread: on it, a result that
-    // arrives while the next frame's head runs would wait for it, and so would the camera preview. The
-    // worker loads the script onnxruntime is in (this module, or the page's bundle of it).
-    ort.env.wasm.proxy = options.worker ?? true;
+    // Not onnxruntime's own proxy worker: it sends every graph's output back to the page, the prefix's
+    // features included, then back again; splitserve's head worker (head_worker.ts) runs this whole runner.
+    ort.env.wasm.proxy = false;
     const head = new HeadRunner(bundle);
     if (bundle.prefix) head.prefix = await ort.InferenceSession.create(bundle.prefix, { executionProviders: ["wasm"] });
     return head;
+  }
+
+  /** onnxruntime-web keeps its sessions until they are released. */
+  close(): void {
+    for (const s of [...this.sessions.values(), ...(this.prefix ? [this.prefix] : [])]) s.release().catch(() => {});
+    this.sessions.clear();
+    this.prefix = null;
   }
 
   get widths(): number {
@@ -93,9 +110,7 @@ export class HeadRunner {
     const [c, h, w] = this.bundle.manifest.input.shape;
     if (pixels.length !== h * w * c) throw new RangeError(`a frame of ${h}x${w}x${c} has ${h * w * c} values, got ${pixels.length}`);
     const head = await this.session(width);
-    // a copy: the worker takes the tensor's buffer, and ``pixels`` may be a view of the caller's (a video
-    // frame, a batch of samples) that must stay whole
-    let x: ort.Tensor = new ort.Tensor("uint8", pixels.slice(), [1, h, w, c]);
+    let x: ort.Tensor = new ort.Tensor("uint8", pixels, [1, h, w, c]);
     let feed: Record<string, ort.Tensor> = { frame: x };
     if (this.prefix) {
       const out = await this.prefix.run({ frame: x });

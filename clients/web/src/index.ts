@@ -11,7 +11,8 @@ export { type Bundle, listModels, loadBundle, type Manifest, type Progress } fro
 export { type ClientOptions, type Outcome, SplitClient } from "./client.js";
 export { SplitError, type SplitErrorCode } from "./errors.js";
 export { type FrameSource, type RawFrame, toPixels } from "./frames.js";
-export { HeadRunner } from "./head.js";
+export { type Encoded, type Head, HeadRunner, type HeadOptions } from "./head.js";
+export { openHead, WorkerHead } from "./head_worker.js";
 export { BandwidthMonitor, type LinkEstimate, rateQuantile } from "./bandwidth.js";
 export { AdaptivePolicy, type Decision, erfc, FixedPolicy, FramePlanner, normalCdf, type Policy, WidthCost } from "./policy.js";
 export { BODY_MAX_BYTES, MAX_PIECES, parityWireBytes, piecesFor, splitPieces } from "./parity.js";
