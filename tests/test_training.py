@@ -17,6 +17,7 @@ from splitserve.models.bundle import Bundle
 from splitserve.models.zoo import BUNDLED, bundle_dirs
 from splitserve.training.config import ConfigError, load_config, parse_config
 from splitserve.training.recipe import Run, stage2_schedule, train
+from splitserve.training.schedule import one_cycle
 
 SMOKE = """
 seed = 3
@@ -26,8 +27,8 @@ sample = "fmnist-test"
 [data]
 dataset = "sample"
 root = "fmnist-test"
-train_limit = 740
-test_limit = 200
+train_limit = 320
+test_limit = 100
 [teacher]
 split = "block2"
 distill = ["block3"]
@@ -150,7 +151,7 @@ def test_the_bundle_gets_stage2s_weight_average(smoke, tmp_path):
     bundle = train(cfg, tmp_path / "models", tmp_path / "work", progress=False)
     state = torch.load(tmp_path / "work" / "checkpoint.pt", weights_only=False)
     average = {k.removeprefix("module."): v for k, v in state["average"].items()}
-    assert int(average.pop("n_averaged")) == 4 * -(-740 // 64)  # once per stage-2 step: 4 epochs of 12 batches
+    assert int(average.pop("n_averaged")) == 4 * -(-320 // 64)  # once per stage-2 step: 4 epochs of 5 batches
     tail = torch.load(bundle.path / "tail.pt", weights_only=True)
     trained = {"decoder.": "student.decoder.", "tail.": "tail."}
     for key, value in tail.items():
@@ -350,6 +351,25 @@ def test_stage2_lr_anneals_each_cycle_and_restarts():
     assert lrs[0] == lrs[10] == lrs[20] == pytest.approx(1e-3)
     assert lrs[9] < 0.03 * 1e-3 and lrs[19] < 0.03 * 1e-3  # annealed at each cycle's end
     assert all(a > b for a, b in zip(lrs[:9], lrs[1:10], strict=True))
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 5, 10, 24, 200])
+def test_one_cycle_trains_a_run_of_any_length_and_keeps_a_long_runs_schedule(steps):
+    def lrs(sched_of):
+        opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1e-3)
+        sched, out = sched_of(opt), []
+        for _ in range(steps):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    got = lrs(lambda opt: one_cycle(opt, 1e-2, steps, 0.1))  # torch's OneCycleLR divides by zero at 10 steps
+    assert all(0 < lr <= 1e-2 for lr in got)
+    assert max(got) == pytest.approx(1e-2) if steps < 3 else max(got) > 2 * got[0]  # warms up where it can
+    if steps * 0.1 >= 1.5:  # long enough for its own warm-up: exactly torch's schedule
+        torch_lrs = lrs(lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, 1e-2, total_steps=steps, pct_start=0.1))
+        assert got == torch_lrs
 
 
 @pytest.mark.slow

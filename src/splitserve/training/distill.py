@@ -29,6 +29,7 @@ from splitserve.models.bottleneck import EntropicStudent, rate_bits, symbol_like
 from splitserve.training.config import Stage1Section, Stage2Section
 from splitserve.training.data import TrainData
 from splitserve.training.parallel import World, sharded, steps_per_epoch
+from splitserve.training.schedule import one_cycle
 
 
 def sandwich(widths: int, extra: int, rng: random.Random) -> list[int]:
@@ -316,7 +317,7 @@ def stage1_optimizers(student: EntropicStudent, cfg: Stage1Section, steps: int):
     aux = [p for name, p in student.named_parameters() if name.endswith("quantiles")]
     opt = torch.optim.Adam(main, lr=cfg.lr)
     aux_opt = torch.optim.Adam(aux, lr=cfg.aux_lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.1)
+    sched = one_cycle(opt, cfg.lr, steps, 0.1)
     return opt, aux_opt, sched
 
 

@@ -10,6 +10,7 @@ from tqdm import tqdm
 from splitserve.training.config import TeacherSection
 from splitserve.training.data import TrainData
 from splitserve.training.parallel import World, sharded
+from splitserve.training.schedule import one_cycle
 
 
 @torch.inference_mode()
@@ -60,5 +61,5 @@ def train_epoch(
 
 def make_optimizer(model: nn.Module, cfg: TeacherSection, steps: int):
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.15)
+    sched = one_cycle(opt, cfg.lr, steps, 0.15)
     return opt, sched
