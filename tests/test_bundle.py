@@ -1,5 +1,7 @@
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -171,3 +173,35 @@ def test_lite0_camera_model_runs_every_width_on_shipped_photos():
     # the manifest's measured bytes describe what this head sends (same order of magnitude on 4 frames)
     for w, size in enumerate(sizes):
         assert 0.5 < size / lite0.widths[w]["bytes_mean"] < 2.0
+
+
+def test_serving_builds_the_networks_without_compressai(fmnist):
+    """Inference converts each GDN's stored parameters itself (frozen_gdn_state): compressai's import, with
+    the point-cloud and graph libraries its package pulls in, cost every server and device ~3 s of CPU."""
+    code = (
+        "import sys, torch\n"
+        "from splitserve.models.zoo import load\n"
+        "for name in ('fmnist-split', 'lite0-imagenet'):\n"
+        "    b = load(name)\n"
+        "    b.encoder(); b.decoder_and_tail()\n"
+        "assert 'compressai' not in sys.modules, 'compressai was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_frozen_networks_compute_exactly_what_the_trained_modules_do(fmnist):
+    from splitserve.models.bottleneck import BottleneckDecoder, SlimmableEncoder
+
+    head, tail = (torch.load(fmnist.path / f, weights_only=True) for f in ("head.pt", "tail.pt"))
+    trained = SlimmableEncoder(fmnist.student).eval()  # compressai's reparametrizers, run every forward
+    trained.load_state_dict(head)
+    decoder = BottleneckDecoder(fmnist.student).eval()  # compressai's GDN
+    decoder.load_state_dict({k[8:]: v for k, v in tail.items() if k.startswith("decoder.")})
+    served, served_decoder = fmnist.encoder(), fmnist.decoder_and_tail()[0]
+    x = torch.randn(3, *fmnist.manifest["input"]["shape"])
+    with torch.no_grad():
+        for width in range(fmnist.student.widths):
+            y = trained(x, width)
+            assert torch.equal(served(x, width), y)
+            assert torch.equal(served_decoder(torch.round(y), width), decoder(torch.round(y), width))

@@ -10,18 +10,23 @@ the split so the teacher's remaining layers (the tail) can run on it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from splitserve.codecs.entropic import EntropyTables
-from splitserve.models._compressai import GDN, EntropyBottleneck
 from splitserve.models.layers import (
+    FrozenGDN,
     SlimmableConv2d,
     SlimmableGDN,
     SwitchableBatchNorm2d,
 )
 from splitserve.models.student import StudentConfig, width_channels
+
+if TYPE_CHECKING:
+    from splitserve.models._compressai import EntropyBottleneck
 
 
 class SlimmableEncoder(nn.Module):
@@ -29,10 +34,11 @@ class SlimmableEncoder(nn.Module):
 
     Stages are conv -> switchable BN -> ReLU; the last stage normalizes with GDN
     instead, as in learned image compression, before the bottleneck convolution.
-    With ``cfg.prefix``, a frozen module (the teacher's first layers) runs first.
+    With ``cfg.prefix``, a frozen module (the teacher's first layers) runs first. ``frozen``: for inference,
+    its GDN a FrozenGDN, to load a state through ``frozen_gdn_state`` (no compressai).
     """
 
-    def __init__(self, cfg: StudentConfig, prefix: nn.Module | None = None) -> None:
+    def __init__(self, cfg: StudentConfig, prefix: nn.Module | None = None, frozen: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
         if bool(cfg.prefix) != (prefix is not None):
@@ -48,7 +54,10 @@ class SlimmableEncoder(nn.Module):
             out = width_channels(ch, cfg.fractions)
             self.convs.append(SlimmableConv2d(prev, out, k, s))
             last = i == len(cfg.stages) - 1
-            self.norms.append(SlimmableGDN(out) if last else SwitchableBatchNorm2d(out))
+            if not last:
+                self.norms.append(SwitchableBatchNorm2d(out))
+            else:
+                self.norms.append(FrozenGDN.empty(out) if frozen else SlimmableGDN(out))
             prev = out
         self.out = SlimmableConv2d(prev, cfg.bottleneck_channels(), 3, 1)
 
@@ -85,17 +94,22 @@ class BottleneckDecoder(nn.Module):
     """Server side: dequantized features y_hat at any width -> the teacher's split features.
 
     A narrow width's missing channels are zeros; per-width BatchNorm lets the
-    decoder learn what each width's prefix looks like.
+    decoder learn what each width's prefix looks like. ``frozen``: for inference, as SlimmableEncoder's.
     """
 
-    def __init__(self, cfg: StudentConfig) -> None:
+    def __init__(self, cfg: StudentConfig, frozen: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
         self.full = cfg.bottleneck
         h = cfg.decoder_hidden
         self.conv1 = nn.Conv2d(self.full, h, 3, padding=1)
         self.norm1 = SwitchableBatchNorm2d((h,) * cfg.widths)
-        self.igdn = GDN(h, inverse=True)
+        if frozen:
+            self.igdn: nn.Module = FrozenGDN.empty((h,), inverse=True)
+        else:
+            from splitserve.models._compressai import GDN  # training only: see SlimmableGDN
+
+            self.igdn = GDN(h, inverse=True)
         self.conv2 = nn.Conv2d(h, h, 3, padding=1)
         self.norm2 = SwitchableBatchNorm2d((h,) * cfg.widths)
         self.conv3 = nn.Conv2d(h, cfg.feature_channels, 1)
@@ -112,6 +126,8 @@ class EntropicStudent(nn.Module):
     """Encoder + per-width priors + decoder, trained together (see splitserve.training)."""
 
     def __init__(self, cfg: StudentConfig, prefix: nn.Module | None = None) -> None:
+        from splitserve.models._compressai import EntropyBottleneck  # training only: see SlimmableGDN
+
         super().__init__()
         self.cfg = cfg
         self.encoder = SlimmableEncoder(cfg, prefix)

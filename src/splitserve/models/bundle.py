@@ -30,7 +30,7 @@ from splitserve.codecs.entropic import EntropyTables
 from splitserve.models.backbones import build_teacher, load_state_dict, resolve_weights, split_model
 from splitserve.models.bottleneck import BottleneckDecoder, FixedWidthEncoder, SlimmableEncoder
 from splitserve.models.coding import CodingBundle
-from splitserve.models.layers import freeze_gdn
+from splitserve.models.layers import frozen_gdn_state
 from splitserve.models.manifest import (
     DEVICE_FILES,
     ENTROPY_FILE,
@@ -123,9 +123,9 @@ class Bundle(CodingBundle):
                 if not any(k.startswith("prefix.") for k in state):  # head.pt leaves them to the teacher's weights
                     own = split_model(self.teacher(), self.student.prefix)[0]
                     state.update({f"prefix.{k}": v for k, v in own.state_dict().items()})
-            enc = SlimmableEncoder(self.student, prefix)
-            enc.load_state_dict(state)
-            enc = freeze_gdn(enc).eval()
+            enc = SlimmableEncoder(self.student, prefix, frozen=True)
+            enc.load_state_dict(frozen_gdn_state(state))
+            enc.eval()
             if self.weights == "float16":
                 # GDN's frozen weights are computed from the stored ones; rounded too, every
                 # float the head multiplies by is a float16 value, and the ONNX heads store
@@ -165,8 +165,8 @@ class Bundle(CodingBundle):
     def decoder_and_tail(self) -> tuple[BottleneckDecoder | WidthsDecoder, nn.Module]:
         def build() -> tuple[BottleneckDecoder | WidthsDecoder, nn.Module]:
             state = self._state(TAIL_FILE)
-            decoder: BottleneckDecoder | WidthsDecoder = BottleneckDecoder(self.student)
-            decoder.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("decoder.")})
+            decoder: BottleneckDecoder | WidthsDecoder = BottleneckDecoder(self.student, frozen=True)
+            decoder.load_state_dict(frozen_gdn_state({k[8:]: v for k, v in state.items() if k.startswith("decoder.")}))
             transform = self._transform(state)
             if transform is not None:
                 decoder = WidthsDecoder(decoder, transform, self.student.widths)

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from splitserve.models._compressai import NonNegativeParametrizer
 from splitserve.models.student import channel_counts as _channels
 
 
@@ -65,6 +64,9 @@ class SlimmableGDN(nn.Module):
     """
 
     def __init__(self, channels: Sequence[int], beta_min: float = 1e-6, gamma_init: float = 0.1) -> None:
+        # compressai only here, where training builds one: its import costs a serving process ~3 s of CPU
+        from splitserve.models._compressai import NonNegativeParametrizer
+
         super().__init__()
         self.channels = _channels(channels)
         c = self.channels[-1]
@@ -86,24 +88,42 @@ def _gdn(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, c: int) -> to
 
 
 class FrozenGDN(nn.Module):
-    """A SlimmableGDN with its reparametrized weights computed once: for inference and export
-    (the reparametrization's custom autograd op cannot be traced, and need not run per frame)."""
+    """A SlimmableGDN (or compressai's GDN, ``inverse``) with its reparametrized weights computed once: for
+    inference and export (the reparametrization's custom autograd op cannot be traced, and need not run
+    per frame). ``FrozenGDN.empty`` builds one to load a state that ``frozen_gdn_state`` converted, which
+    needs no compressai: inference never imports it."""
 
-    def __init__(self, beta: torch.Tensor, gamma: torch.Tensor, channels: Sequence[int]) -> None:
+    def __init__(self, beta: torch.Tensor, gamma: torch.Tensor, channels: Sequence[int], inverse: bool = False) -> None:
         super().__init__()
         self.channels = tuple(channels)
+        self.inverse = inverse
         self.register_buffer("beta", beta.detach().clone())
         self.register_buffer("gamma", gamma.detach().clone())
 
-    def forward(self, x: torch.Tensor, width: int) -> torch.Tensor:
+    @classmethod
+    def empty(cls, channels: Sequence[int], inverse: bool = False) -> FrozenGDN:
+        c = _channels(channels)[-1]
+        return cls(torch.zeros(c), torch.zeros(c, c), _channels(channels), inverse)
+
+    def forward(self, x: torch.Tensor, width: int = -1) -> torch.Tensor:
+        if self.inverse:  # the decoder's: over every channel, y_i = x_i * sqrt(beta_i + sum_j gamma_ij x_j^2)
+            c = self.channels[-1]
+            return x * torch.sqrt(F.conv2d(x * x, self.gamma.reshape(c, c, 1, 1), self.beta))
         return _gdn(x, self.beta, self.gamma, self.channels[width])
 
 
-def freeze_gdn(module: nn.Module) -> nn.Module:
-    """Replace every SlimmableGDN inside ``module`` (in place) with its FrozenGDN."""
-    for name, child in module.named_children():
-        if isinstance(child, SlimmableGDN):
-            setattr(module, name, child.frozen())
-        else:
-            freeze_gdn(child)
-    return module
+_REPARAM = ".beta_reparam.pedestal"
+
+
+def frozen_gdn_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state with every GDN's stored parameters (beta, gamma and their reparametrizers' buffers) turned
+    into the FrozenGDN's: max(p, bound)^2 - pedestal, the reparametrization's forward, with the bound and
+    pedestal the state itself carries. Other entries are unchanged."""
+    out = dict(state)
+    for key in [k for k in state if k.endswith(_REPARAM)]:
+        gdn = key[: -len(_REPARAM) + 1]  # "decoder.igdn."
+        for name in ("beta", "gamma"):
+            bound = out.pop(f"{gdn}{name}_reparam.lower_bound.bound").float()
+            pedestal = out.pop(f"{gdn}{name}_reparam.pedestal").float()
+            out[f"{gdn}{name}"] = torch.max(state[f"{gdn}{name}"].float(), bound) ** 2 - pedestal
+    return out
