@@ -64,11 +64,25 @@ class ServerProcess:
         return self.proc.stdout.read() if self.proc.stdout else ""
 
 
+@pytest.fixture(scope="session")
+def fmnist_only(tmp_path_factory) -> Path:
+    """A model repository holding only fmnist-split (a link to the bundled one)."""
+    from splitserve.models.zoo import find_bundle
+
+    repo = tmp_path_factory.mktemp("fmnist-only")
+    (repo / "fmnist-split").symlink_to(find_bundle("fmnist-split").parent, target_is_directory=True)
+    return repo
+
+
 @pytest.fixture
-def start_server():
+def start_server(fmnist_only):
+    """Starts edge-servers, stopped after the test. They serve fmnist-split alone unless the test passes
+    ``models="all"``, ``--models`` or ``--config``: loading lite0-imagenet too costs each server ~0.6 s."""
     started: list[ServerProcess] = []
 
-    def start(*args: str, wait: bool = True, env: dict | None = None) -> ServerProcess:
+    def start(*args: str, wait: bool = True, env: dict | None = None, models: str = "fmnist-split") -> ServerProcess:
+        if models != "all" and not {"--models", "--config"} & set(args):
+            args = ("--models", str(fmnist_only), *args)
         port = free_port()
         server = ServerProcess(list(args), port, env)
         started.append(server)

@@ -59,7 +59,7 @@ ROUNDS = 3
 
 def test_mutated_real_payloads_for_every_model_codec_and_width(start_server):
     bundles = [load(name) for name in sorted(bundle_dirs(BUNDLED))]
-    server = start_server("--max-delay-ms", "1")
+    server = start_server("--max-delay-ms", "1", models="all")
     rng = np.random.default_rng(12)
     frames = []
     for bundle in bundles:

@@ -52,7 +52,7 @@ def web(start_server, tmp_path):
     http_port, metrics_port = free_port(), free_port()
     server = start_server("--http-port", str(http_port), "--tokens", str(tokens), "--cors-origin", ORIGIN,
                           "--max-streams", "6", "--metrics-port", str(metrics_port),
-                          "--metrics-host", "127.0.0.1")  # fmt: skip
+                          "--metrics-host", "127.0.0.1", models="all")  # fmt: skip
     server.base = f"http://127.0.0.1:{http_port}"
     server.metrics_port = metrics_port
     return server

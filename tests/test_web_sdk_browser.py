@@ -87,7 +87,7 @@ def python_predictions(address: str, model: str, n: int) -> list[int | None]:
 @pytest.mark.parametrize("model", ["fmnist-split", "lite0-imagenet"])
 def test_the_demo_selftest_in_chromium_answers_as_the_python_client(built, start_server, tmp_path, model):  # noqa: F811
     http_port = free_port()
-    server = start_server("--http-port", str(http_port), "--web-root", str(WEB / "dist"))
+    server = start_server("--http-port", str(http_port), "--web-root", str(WEB / "dist"), models="all")
     # a deadline a busy machine cannot miss (the page's default is 1 s): the first frame runs the head
     # cold in WASM, and under make test two test processes share the two cores; this compares answers
     url = f"http://127.0.0.1:{http_port}/demo/?selftest={FRAMES}&model={model}&deadline=60000"
