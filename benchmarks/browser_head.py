@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -35,36 +34,22 @@ WEB = REPO / "clients" / "web"
 
 def browser_heads(model: str, frames: int, threads: int, worker: str) -> dict:
     """The demo's headbench report for ``model``, from a fresh idle edge-server and a fresh chromium."""
-    sys.path.insert(0, str(REPO / "tests"))
+    sys.path[:0] = [str(HERE), str(REPO / "tests")]
+    from browser_link import wait_for_demo
     from test_web_sdk_browser import run_selftest
 
-    from splitserve.simulator.experiment import free_port
+    from splitserve.simulator.experiment import ExperimentConfig, edge_server, free_port
+    from splitserve.simulator.link import LinkConfig
 
-    port, http_port = free_port(), free_port()
-    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
-        log = open(Path(tmp) / "edge-server.log", "w")
-        server = subprocess.Popen(
-            [str(Path(sys.executable).parent / "edge-server"), "--host", "127.0.0.1", "--port", str(port),
-             "--http-port", str(http_port), "--web-root", str(WEB / "dist")],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        try:
-            origin = f"http://127.0.0.1:{http_port}"
-            end = time.monotonic() + 120
-            while True:
-                try:
-                    urllib.request.urlopen(f"{origin}/v1/models", timeout=5).read()
-                    break
-                except OSError:
-                    if server.poll() is not None or time.monotonic() > end:
-                        raise RuntimeError((Path(tmp) / "edge-server.log").read_text()[-2000:]) from None
-                    time.sleep(0.5)
-            url = f"{origin}/demo/?headbench={frames}&model={model}&threads={threads}&worker={worker}"
-            return run_selftest(url, Path(tmp), timeout=900)
-        finally:
-            server.terminate()
-            server.wait(30)
-            log.close()
+    http_port = free_port()
+    web = ["--http-port", str(http_port), "--web-root", str(WEB / "dist")]
+    cfg = ExperimentConfig(model=model, strategies=[], uplink=LinkConfig(), downlink=LinkConfig(), server_args=web)
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp, edge_server(cfg, Path(tmp)) as (host, _):
+        origin = f"http://{host}:{http_port}"
+        if not wait_for_demo(origin):
+            raise RuntimeError((Path(tmp) / "edge-server.log").read_text()[-2000:])
+        url = f"{origin}/demo/?headbench={frames}&model={model}&threads={threads}&worker={worker}"
+        return run_selftest(url, Path(tmp), timeout=900)
 
 
 def onnx_heads(model: str, frames: int, threads: int) -> list[dict]:

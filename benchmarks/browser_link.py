@@ -64,21 +64,27 @@ def browser_run(model: str, width: int, loss: float, frames: int, fps: float, de
             return json.loads(page.stdout.strip().splitlines()[-1])
 
 
+def wait_for_demo(origin: str, timeout: float = 120.0) -> bool:
+    """Until the edge server's HTTP side answers at ``origin``; False if it did not within ``timeout``."""
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(f"{origin}/v1/models", timeout=5).read()
+            return True
+        except OSError:
+            if time.monotonic() > end:
+                return False
+            time.sleep(0.5)
+
+
 def run_page(url: str, origin: str) -> int:
     """Inside the device's namespace: wait for the server, run the page in chromium, print its report."""
     sys.path.insert(0, str(REPO / "tests"))
     from test_web_sdk_browser import run_selftest
 
-    end = time.monotonic() + 120
-    while True:
-        try:
-            urllib.request.urlopen(f"{origin}/v1/models", timeout=5).read()
-            break
-        except OSError:
-            if time.monotonic() > end:
-                print(f"{origin} did not answer within 120 s", file=sys.stderr)
-                return 1
-            time.sleep(0.5)
+    if not wait_for_demo(origin):
+        print(f"{origin} did not answer within 120 s", file=sys.stderr)
+        return 1
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:  # a killed chromium may still write
         # a plain-HTTP address is no secure context: SubtleCrypto, Cache Storage and isolation need one
         secure = f"--unsafely-treat-insecure-origin-as-secure={origin}"
