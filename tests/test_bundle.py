@@ -175,7 +175,7 @@ def test_lite0_camera_model_runs_every_width_on_shipped_photos():
         assert 0.5 < size / lite0.widths[w]["bytes_mean"] < 2.0
 
 
-def test_serving_builds_the_networks_without_compressai(fmnist):
+def test_serving_builds_the_networks_without_compressai():
     """Inference converts each GDN's stored parameters itself (frozen_gdn_state): compressai's import, with
     the point-cloud and graph libraries its package pulls in, cost every server and device ~3 s of CPU."""
     code = (

@@ -78,10 +78,6 @@ class SlimmableGDN(nn.Module):
     def forward(self, x: torch.Tensor, width: int) -> torch.Tensor:
         return _gdn(x, self.beta_reparam(self.beta), self.gamma_reparam(self.gamma), self.channels[width])
 
-    def frozen(self) -> FrozenGDN:
-        with torch.no_grad():
-            return FrozenGDN(self.beta_reparam(self.beta), self.gamma_reparam(self.gamma), self.channels)
-
 
 def _gdn(x: torch.Tensor, beta: torch.Tensor, gamma: torch.Tensor, c: int) -> torch.Tensor:
     return x * torch.rsqrt(F.conv2d(x * x, gamma[:c, :c].reshape(c, c, 1, 1), beta[:c]))
