@@ -67,11 +67,9 @@ class ServerProcess:
 @pytest.fixture(scope="session")
 def fmnist_only(tmp_path_factory) -> Path:
     """A model repository holding only fmnist-split (a link to the bundled one)."""
-    from splitserve.models.zoo import find_bundle
+    from splitserve.models.zoo import one_model_repository
 
-    repo = tmp_path_factory.mktemp("fmnist-only")
-    (repo / "fmnist-split").symlink_to(find_bundle("fmnist-split").parent, target_is_directory=True)
-    return repo
+    return one_model_repository("fmnist-split", tmp_path_factory.mktemp("fmnist-only"))
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ a directory of bundles.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -53,6 +54,17 @@ def find_bundle(name: str, version: str | None = None, root: Path | None = None)
         return versions[newest(versions)]
     known = sorted({n for r in roots for n in bundle_dirs(r)})
     raise BundleError(f"unknown model {name!r}; available: {', '.join(known) or 'none'}")
+
+
+def one_model_repository(model: str, dest: Path) -> Path:
+    """``dest`` as a model repository (``<name>/<version>/``) holding ``model``'s bundles, linked: an
+    edge-server given ``--models dest`` loads that model alone. ``model`` is a bundled name or a bundle's path."""
+    bundle_dir = Path(model) if (Path(model) / MANIFEST).is_file() else find_bundle(model)
+    name = json.loads((bundle_dir / MANIFEST).read_text())["name"]
+    dest.mkdir(parents=True, exist_ok=True)
+    if not (dest / name).exists():
+        (dest / name).symlink_to(bundle_dir.resolve().parent, target_is_directory=True)
+    return dest
 
 
 def load(name: str, version: str | None = None, root: Path | None = None) -> Bundle:

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from splitserve.models.bundle import Bundle
+from splitserve.models.zoo import one_model_repository
 from splitserve.simulator.link import LinkConfig
 from splitserve.simulator.proxy import LinkProxy
 from splitserve.simulator.strategies import Strategy
@@ -99,19 +100,6 @@ class _ProxyThread:
         self.thread.join(5)
 
 
-def _one_model_repository(model: str, workdir: Path) -> Path:
-    """A model repository (``<name>/<version>/``) in ``workdir`` holding ``model``'s bundles, linked."""
-    from splitserve.models.zoo import MANIFEST, find_bundle
-
-    bundle_dir = Path(model) if (Path(model) / MANIFEST).is_file() else find_bundle(model)
-    name = json.loads((bundle_dir / MANIFEST).read_text())["name"]
-    repo = workdir / "models"
-    repo.mkdir(parents=True, exist_ok=True)
-    if not (repo / name).exists():
-        (repo / name).symlink_to(bundle_dir.resolve().parent, target_is_directory=True)
-    return repo
-
-
 @contextlib.contextmanager
 def edge_server(cfg: ExperimentConfig, workdir: Path, netns=None) -> Iterator[tuple[str, int]]:  # type: ignore[no-untyped-def]
     """A real edge-server (in ``netns``'s server namespace when given) until the block ends: (host, port)."""
@@ -120,7 +108,7 @@ def edge_server(cfg: ExperimentConfig, workdir: Path, netns=None) -> Iterator[tu
     log_path = workdir / "edge-server.log"
     cmd = [str(BIN / "edge-server"), "--host", host, "--port", str(port), *cfg.server_args]
     if "--models" not in cfg.server_args:  # the model simulated, alone: the server need not load the others
-        cmd += ["--models", str(_one_model_repository(cfg.model, workdir))]
+        cmd += ["--models", str(one_model_repository(cfg.model, workdir / "models"))]
     if netns is not None:
         cmd = netns.server.exec_prefix() + cmd
     with log_path.open("w") as out:
