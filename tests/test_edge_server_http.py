@@ -8,7 +8,7 @@ import urllib.request
 
 import grpc
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from conftest import free_port
 from test_edge_server_webrtc import metric
 
@@ -105,6 +105,70 @@ def test_whip_refusals_are_clear_and_harmless(web):
     assert headers["Location"].startswith("/v1/whip/") and int(headers["X-Splitserve-Window"]) > 0
     assert headers["Access-Control-Allow-Origin"] == ORIGIN and "Location" in headers["Access-Control-Expose-Headers"]
     assert http("DELETE", web.base + headers["Location"], headers=AUTH)[0] == 200
+    assert web.proc.poll() is None and "Traceback" not in web.stop()
+
+
+async def whip_connect(pc: RTCPeerConnection, url: str, channels) -> dict:  # type: ignore[no-untyped-def]
+    """POST ``pc``'s offer to ``url``, set the answer, wait until ``channels`` open; the response's headers."""
+    opened = [asyncio.Event() for _ in channels]
+    for channel, event in zip(channels, opened, strict=True):
+        channel.on("open", event.set)
+    await pc.setLocalDescription(await pc.createOffer())
+    status, headers, answer = await asyncio.to_thread(http, "POST", url, pc.localDescription.sdp.encode(),
+                                                      {**AUTH, "Content-Type": "application/sdp"})  # fmt: skip
+    assert status == 201, answer
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer.decode(), type="answer"))
+    await asyncio.wait_for(asyncio.gather(*(e.wait() for e in opened)), 15)
+    return dict(headers)
+
+
+def test_a_lane_carries_some_of_a_peers_pieces_and_ends_with_it(web, fmnist):
+    """A browser's second association: its pieces and the peer's rebuild one frame, answered on the peer."""
+    from helpers import good_frame
+
+    from splitserve import parity
+
+    sdp = asyncio.run(offer_sdp()).encode()
+    sdp_headers = {**AUTH, "Content-Type": "application/sdp"}
+    assert http("POST", f"{web.base}/v1/whip/no-such-peer/lane", sdp, sdp_headers)[0] == 404
+
+    async def main():  # type: ignore[no-untyped-def]
+        pc, lane = (RTCPeerConnection(RTCConfiguration(iceServers=[])) for _ in range(2))
+        try:
+            frames = pc.createDataChannel(FRAMES_CHANNEL, ordered=False)
+            results = pc.createDataChannel(RESULTS_CHANNEL, ordered=False)
+            inbox: asyncio.Queue = asyncio.Queue()
+            results.on("message", inbox.put_nowait)
+            location = (await whip_connect(pc, f"{web.base}/v1/whip", [frames, results]))["Location"]
+            lane_url = f"{web.base}{location}/lane"
+            refused = [http("POST", lane_url, sdp, {"Content-Type": "application/sdp"}),
+                       http("POST", lane_url, b"v=0\r\nno datachannel here", sdp_headers)]  # fmt: skip
+            lane_frames = lane.createDataChannel(FRAMES_CHANNEL, ordered=False)
+            await whip_connect(lane, lane_url, [lane_frames])
+            second = await asyncio.to_thread(http, "POST", lane_url, sdp, sdp_headers)
+            frame = good_frame(fmnist, 31)
+            frame.deadline_ms = 5000
+            pieces = parity.split(frame.SerializeToString(), group=3, body_bytes=64)
+            assert len(pieces) >= 4
+            for i, piece in enumerate(pieces[:-2] + pieces[-1:]):  # the last data piece lost
+                (lane_frames if i % 2 else frames).send(piece)
+            result = pb.Result.FromString(await asyncio.wait_for(inbox.get(), 10))
+            assert http("DELETE", web.base + location, headers=AUTH)[0] == 200
+            for _ in range(100):  # the lane ends with its peer
+                if lane.connectionState == "closed" or lane_frames.readyState == "closed":
+                    break
+                await asyncio.sleep(0.1)
+            return refused, second, result, lane_frames.readyState, lane.connectionState
+        finally:
+            await pc.close()
+            await lane.close()
+
+    refused, second, result, lane_channel, lane_state = asyncio.run(main())
+    assert [r[0] for r in refused] == [401, 400]
+    assert second[0] == 409 and b"lane" in second[2]
+    assert result.status == pb.Result.OK and result.frame_id == 31
+    assert "closed" in (lane_channel, lane_state)
+    assert metric(web.metrics_port, "splitserve_transport_frames_received_total", '{transport="webrtc"}') == 1
     assert web.proc.poll() is None and "Traceback" not in web.stop()
 
 

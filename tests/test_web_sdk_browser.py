@@ -108,4 +108,6 @@ def test_the_demo_selftest_in_chromium_answers_as_the_python_client(built, start
     assert report["cross_origin_isolated"] is True and report["wasm_threads"] == 2 and report["warmup_ms"] > 0
     # lite0's head (~6 ms) runs in the SDK's worker; fmnist's (~0.1 ms) on the page, under a worker's round trip
     assert report["head_in_worker"] is (model == "lite0-imagenet")
+    # with a deadline the SDK opens the lane: every other piece (lite0) or the second copy (fmnist) went on it
+    assert report["associations"] == 2
     assert server.proc.poll() is None

@@ -20,6 +20,7 @@ async function connect(model: string): Promise<SplitClient> {
     width: params.has("width") ? Number(params.get("width")) : -1,
     threads: params.has("threads") ? Number(params.get("threads")) : undefined,
     headInWorker: params.has("worker") ? (params.get("worker") === "auto" ? "auto" : params.get("worker") !== "0") : undefined,
+    lane: params.has("lane") ? params.get("lane") !== "0" : undefined,
     // the selftest compares with the Python client at one width; a person on a phone wants adaptive
     policy: (params.get("policy") ?? (params.has("selftest") ? "fixed" : "adaptive")) as "adaptive" | "fixed",
     onProgress: (p) => ($("progress").textContent = `${p.file}: ${(p.loaded / 1e6).toFixed(1)} of ${(p.total / 1e6).toFixed(1)} MB${p.cached ? " (cached)" : ""}`),
@@ -139,6 +140,7 @@ async function selftest(n: number, model: string): Promise<void> {
     cross_origin_isolated: crossOriginIsolated,
     wasm_threads: crossOriginIsolated ? Number(params.get("threads") ?? 2) : 1,
     head_in_worker: c.head instanceof WorkerHead,
+    associations: c.conn.lane ? 2 : 1,
   };
   $("selftest").textContent = JSON.stringify(report);
 }

@@ -43,6 +43,9 @@ export interface ClientOptions {
   /** where onnxruntime's .wasm files are (default: the server's /demo/ort/) */
   wasmPaths?: string;
   onProgress?: (p: Progress) => void;
+  /** carry every other piece of a frame on a second peer connection (default: with a deadline; see
+   *  transport.ts for why a browser needs it) */
+  lane?: boolean;
 }
 
 export interface Outcome {
@@ -142,7 +145,7 @@ export class SplitClient {
     let conn: DatachannelConnection | null = null;
     let warmupMs: number;
     try {
-      conn = await DatachannelConnection.open(base, { token: options.token, deadlineMs: options.deadlineMs });
+      conn = await DatachannelConnection.open(base, { token: options.token, deadlineMs: options.deadlineMs, lane: options.lane });
       warmupMs = await warm;
     } catch (err) {
       conn?.close();

@@ -8,6 +8,12 @@
  * - a frame that fits one packet is sent twice (redundancy instead of a late retransmission); the server
  *   drops the copy, and sends small results twice the same way: the second copy is dropped here;
  * - a larger frame goes as one-packet pieces and their XOR (parity.ts): any one lost piece costs nothing;
+ * - with a deadline, a second peer connection (a "lane", POST {Location}/lane) carries every other piece
+ *   and the second copy of a small frame. The browser's SCTP (Chrome's dcSCTP) keeps a congestion window
+ *   of four packets after a loss and fills it exactly, fragmenting a piece to do so: a frame of five
+ *   pieces on one association has its last piece wait a round trip, which the frame that lost a piece
+ *   cannot afford. Two associations carry half each, in a window of their own. A server without lanes
+ *   (404) leaves the frames on one;
  * - frames leave no faster than the bandwidth estimate (x1.25), never while the channel buffers more than
  *   64 KB, and a frame whose deadline passes while it waits is not sent at all.
  */
@@ -27,6 +33,13 @@ export interface ConnectOptions {
   token?: string;
   deadlineMs?: number;
   openTimeoutMs?: number;
+  /** open the lane (default: with a deadline) */
+  lane?: boolean;
+}
+
+interface Lane {
+  pc: RTCPeerConnection;
+  frames: RTCDataChannel;
 }
 
 export class DatachannelConnection {
@@ -37,6 +50,8 @@ export class DatachannelConnection {
   onClose: (why: string) => void = () => {};
   headroom = 1.25;
   maxBuffered = 64 * 1024;
+  /** the second association, while it is open */
+  lane: Lane | null = null;
 
   private constructor(
     readonly pc: RTCPeerConnection,
@@ -60,38 +75,34 @@ export class DatachannelConnection {
   static async open(server: string, options: ConnectOptions = {}): Promise<DatachannelConnection> {
     const pc = new RTCPeerConnection({ iceServers: [] });
     try {
-      const frameLife = options.deadlineMs ? { maxPacketLifeTime: options.deadlineMs } : {};
-      const frames = pc.createDataChannel(FRAMES_CHANNEL, { ordered: false, ...frameLife });
+      const frames = pc.createDataChannel(FRAMES_CHANNEL, frameReliability(options.deadlineMs));
       const results = pc.createDataChannel(RESULTS_CHANNEL, { ordered: false });
-      const opened = Promise.all([frames, results].map((c) => new Promise((ok) => (c.onopen = ok))));
-      await pc.setLocalDescription(await pc.createOffer());
-      await gathered(pc);
-      let response: Response;
-      try {
-        response = await fetch(`${server}/v1/whip`, {
-          method: "POST",
-          headers: { "Content-Type": "application/sdp", ...authHeaders(options.token) },
-          body: pc.localDescription!.sdp,
-        });
-      } catch (err) {
-        throw new SplitError("unreachable", `cannot reach ${server}/v1/whip: ${(err as Error).message}`);
-      }
-      const text = await response.text();
-      if (response.status === 401) throw new SplitError("unauthorized", `WHIP: ${text.trim()}`);
-      if (response.status !== 201) throw new SplitError("webrtc", `WHIP: HTTP ${response.status} ${text.trim()}`);
-      await pc.setRemoteDescription({ type: "answer", sdp: text });
-      const timeout = options.openTimeoutMs ?? 15000;
-      await Promise.race([
-        opened,
-        new Promise((_, fail) =>
-          setTimeout(() => fail(new SplitError("webrtc", `no datachannel within ${timeout} ms (is UDP blocked?)`)), timeout),
-        ),
-      ]);
+      const response = await negotiate(pc, `${server}/v1/whip`, options.token);
+      await opened([frames, results], options.openTimeoutMs);
       const window = Number(response.headers.get(WINDOW_HEADER)) || 16;
-      return new DatachannelConnection(pc, frames, results, window, response.headers.get("Location"), server, options.token);
+      const conn = new DatachannelConnection(pc, frames, results, window, response.headers.get("Location"), server, options.token);
+      if ((options.lane ?? !!options.deadlineMs) && conn.location) await conn.openLane(options);
+      return conn;
     } catch (err) {
       pc.close();
       throw err;
+    }
+  }
+
+  /** The lane, if the server has lanes; without it every piece goes on the one association. */
+  private async openLane(options: ConnectOptions): Promise<void> {
+    const pc = new RTCPeerConnection({ iceServers: [] });
+    try {
+      const frames = pc.createDataChannel(FRAMES_CHANNEL, frameReliability(options.deadlineMs));
+      await negotiate(pc, new URL(`${this.location}/lane`, this.server).href, this.token);
+      await opened([frames], options.openTimeoutMs);
+      frames.onclose = () => {
+        if (this.lane?.frames === frames) this.lane = null;
+      };
+      this.lane = { pc, frames };
+    } catch (err) {
+      pc.close();
+      console.warn(`splitserve: no lane, every piece on one association: ${(err as Error).message}`);
     }
   }
 
@@ -113,7 +124,8 @@ export class DatachannelConnection {
 
   /** Wait until ``bytes`` may leave at ``rateBps`` (null: no estimate yet, send at once). */
   async pace(bytes: number, rateBps: number | null): Promise<void> {
-    while (this.frames.readyState === "open" && this.frames.bufferedAmount > this.maxBuffered) await sleep(2);
+    const buffered = () => this.frames.bufferedAmount + (this.lane?.frames.bufferedAmount ?? 0);
+    while (this.frames.readyState === "open" && buffered() > this.maxBuffered) await sleep(2);
     if (!rateBps) return;
     const now = performance.now();
     const wait = this.nextSend - now;
@@ -131,7 +143,8 @@ export class DatachannelConnection {
       const pieces = splitPieces(data, this.group);
       if (pieces.length) messages = pieces;
     }
-    for (const m of messages) this.frames.send(m as Uint8Array<ArrayBuffer>);
+    const lane = this.lane?.frames.readyState === "open" ? this.lane.frames : null;
+    messages.forEach((m, i) => (lane && i % 2 ? lane : this.frames).send(m as Uint8Array<ArrayBuffer>));
   }
 
   async close(): Promise<void> {
@@ -139,12 +152,53 @@ export class DatachannelConnection {
       // WHIP: end the session; the peer connection closing says the same if this cannot get through
       fetch(new URL(this.location, this.server).href, { method: "DELETE", headers: authHeaders(this.token) }).catch(() => {});
     }
+    this.lane?.pc.close();
     this.pc.close();
   }
 }
 
 function sleep(ms: number): Promise<void> {
   return new Promise((ok) => setTimeout(ok, ms));
+}
+
+/** Frames are unordered, and with a deadline retransmitted only while they can still make it. */
+function frameReliability(deadlineMs?: number): RTCDataChannelInit {
+  return { ordered: false, ...(deadlineMs ? { maxPacketLifeTime: deadlineMs } : {}) };
+}
+
+/** POST the offer to ``url`` (WHIP), set the answer; the server's response, or a typed error. */
+async function negotiate(pc: RTCPeerConnection, url: string, token?: string): Promise<Response> {
+  await pc.setLocalDescription(await pc.createOffer());
+  await gathered(pc);
+  let response: Response;
+  try {
+    response = await fetch(url, {
+      method: "POST",
+      headers: { "Content-Type": "application/sdp", ...authHeaders(token) },
+      body: pc.localDescription!.sdp,
+    });
+  } catch (err) {
+    throw new SplitError("unreachable", `cannot reach ${url}: ${(err as Error).message}`);
+  }
+  const text = await response.text();
+  if (response.status === 401) throw new SplitError("unauthorized", `WHIP: ${text.trim()}`);
+  if (response.status !== 201) throw new SplitError("webrtc", `WHIP: HTTP ${response.status} ${text.trim()}`);
+  await pc.setRemoteDescription({ type: "answer", sdp: text });
+  return response;
+}
+
+/** Until every channel is open, or a typed error after ``timeoutMs``. */
+async function opened(channels: RTCDataChannel[], timeoutMs = 15000): Promise<void> {
+  const open = Promise.all(channels.map((c) => (c.readyState === "open" ? null : new Promise((ok) => (c.onopen = ok)))));
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise((_, fail) => {
+    timer = setTimeout(() => fail(new SplitError("webrtc", `no datachannel within ${timeoutMs} ms (is UDP blocked?)`)), timeoutMs);
+  });
+  try {
+    await Promise.race([open, late]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** Every ICE candidate in the offer (the server answers once, WHIP has no trickle here). */

@@ -6,6 +6,8 @@
   ``Location`` naming the peer and ``X-Splitserve-Window``, the frames it may have in flight), as RFC 9725
   has it; ``DELETE`` on the ``Location`` ends the peer. The peer feeds the same sessions, batcher,
   limits, metrics and drain as gRPC streams and the Python WebRTC peers (``edge_server.webrtc``).
+- ``POST /v1/whip/<peer>/lane``: an offer for the peer's lane, a second peer connection that carries some
+  of its frame pieces (201 and the answer; 404 for no such peer, 409 if it has its lane).
 - ``GET /v1/models``: the served models' manifests, without their training records.
 - ``GET /v1/bundles/<name>/<version>/<file>``: a bundle's device files (manifest, heads, tables), by a
   versioned path that never changes, so they carry year-long cache headers. Only files the manifest
@@ -53,6 +55,7 @@ class HttpFrontend:
         self.app.add_routes([
             web.post("/v1/whip", self.whip_offer),
             web.delete("/v1/whip/{peer}", self.whip_end),
+            web.post("/v1/whip/{peer}/lane", self.whip_lane),
             web.get("/v1/models", self.models),
             web.get("/v1/bundles/{name}/{version}/{file}", self.bundle_file),
             web.get("/v1/samples/{name}.npz", self.sample),
@@ -136,6 +139,40 @@ class HttpFrontend:
 
     # -- WHIP ----------------------------------------------------------------------------------
     async def whip_offer(self, request: web.Request) -> web.Response:
+        sdp = await self._offer(request)
+        from splitserve.edge_server.webrtc import SignalError, StreamsExhausted
+
+        try:
+            answer, peer_id = await self._peers().offer(pb.PeerOffer(sdp=sdp, type="offer"))
+        except StreamsExhausted as exc:
+            raise web.HTTPServiceUnavailable(text=f"{exc}\n", headers={"Retry-After": "1"}) from None
+        except SignalError as exc:
+            raise web.HTTPBadRequest(text=f"{exc}\n") from None
+        headers = {"Location": f"/v1/whip/{peer_id}", WINDOW_HEADER: str(answer.max_inflight)}
+        return web.Response(status=201, body=answer.sdp.encode(), content_type=SDP, headers=headers)
+
+    async def whip_lane(self, request: web.Request) -> web.Response:
+        sdp = await self._offer(request)
+        from splitserve.edge_server.webrtc import LaneRefused, NoSuchPeer, SignalError
+
+        try:
+            answer = await self._peers().add_lane(request.match_info["peer"], pb.PeerOffer(sdp=sdp, type="offer"))
+        except NoSuchPeer:
+            raise web.HTTPNotFound(text="no such peer\n") from None
+        except LaneRefused as exc:
+            raise web.HTTPConflict(text=f"{exc}\n") from None
+        except SignalError as exc:
+            raise web.HTTPBadRequest(text=f"{exc}\n") from None
+        return web.Response(status=201, body=answer.sdp.encode(), content_type=SDP)
+
+    def _peers(self):  # type: ignore[no-untyped-def]
+        peers = self.service.webrtc
+        if peers is None:
+            raise web.HTTPNotImplemented(text="this server has no WebRTC (pip install 'splitserve[webrtc]')\n")
+        return peers
+
+    async def _offer(self, request: web.Request) -> str:
+        """The SDP offer a WHIP request carries, from an authorized client; refusals as HTTP statuses."""
         self._authorize(request)
         if request.content_type != SDP:
             raise web.HTTPUnsupportedMediaType(text=f"send the SDP offer as {SDP}, not {request.content_type}\n")
@@ -143,22 +180,9 @@ class HttpFrontend:
             raise web.HTTPRequestEntityTooLarge(self.max_offer_bytes, request.content_length,
                                                 text=f"an offer is at most {self.max_offer_bytes} bytes\n")  # fmt: skip
         try:
-            sdp = (await request.read()).decode("utf-8")
+            return (await request.read()).decode("utf-8")
         except UnicodeDecodeError:
             raise web.HTTPBadRequest(text="the offer is not UTF-8 text\n") from None
-        from splitserve.edge_server.webrtc import SignalError, StreamsExhausted
-
-        peers = self.service.webrtc
-        if peers is None:
-            raise web.HTTPNotImplemented(text="this server has no WebRTC (pip install 'splitserve[webrtc]')\n")
-        try:
-            answer, peer_id = await peers.offer(pb.PeerOffer(sdp=sdp, type="offer"))
-        except StreamsExhausted as exc:
-            raise web.HTTPServiceUnavailable(text=f"{exc}\n", headers={"Retry-After": "1"}) from None
-        except SignalError as exc:
-            raise web.HTTPBadRequest(text=f"{exc}\n") from None
-        headers = {"Location": f"/v1/whip/{peer_id}", WINDOW_HEADER: str(answer.max_inflight)}
-        return web.Response(status=201, body=answer.sdp.encode(), content_type=SDP, headers=headers)
 
     async def whip_end(self, request: web.Request) -> web.Response:
         self._authorize(request)

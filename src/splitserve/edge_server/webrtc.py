@@ -17,6 +17,15 @@ way. Larger frames come as one-packet pieces and their XOR (``splitserve.parity`
 the frame is rebuilt from the first k pieces to arrive. A peer that closes, fails
 (ICE consent lost: the device vanished) or never opens its channels is
 closed and forgotten.
+
+A peer may add one **lane**: a second peer connection whose only channel,
+"frames", feeds the same reassembler. A browser cannot tune its SCTP stack,
+and Chrome's keeps a congestion window of at least four packets that it fills
+exactly, fragmenting a piece across packets to do so: a frame of five pieces
+then has its last piece wait a round trip, which a frame with a lost piece
+cannot afford. Over two associations each carries half a frame's pieces, with
+a window of its own. A lane has no session, no results channel and no place
+under --max-streams; it ends with its peer.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ Status = pb.Result.Status
 TRANSPORT = "webrtc"
 tune_sctp()
 OPEN_TIMEOUT_S = 15.0  # a peer that has not opened its frames channel by then is closed
+MAX_LANES = 1  # second associations per peer: two halve each one's share of a frame
 _END = None
 
 
@@ -49,6 +59,14 @@ def _nothing() -> None:
 
 class SignalError(ValueError):
     """The offer cannot be answered; the message says why (it goes back as INVALID_ARGUMENT)."""
+
+
+class NoSuchPeer(LookupError):
+    """A lane for a peer this server does not have (HTTP 404)."""
+
+
+class LaneRefused(RuntimeError):
+    """The peer already has its lane (HTTP 409)."""
 
 
 class StreamsExhausted(RuntimeError):
@@ -76,6 +94,7 @@ class Peer:
         self._pieces = parity.Reassembler(max(64, 2 * session.max_inflight), max_message_bytes)
         self._ended = False
         self.task: asyncio.Task | None = None
+        self.lanes: list[RTCPeerConnection] = []
 
     def attach(self, channel: RTCDataChannel) -> None:
         if channel.label == RESULTS_CHANNEL:
@@ -89,6 +108,14 @@ class Peer:
         channel.on("message", self._on_message)
         channel.on("close", self.end)
         self.opened.set()
+
+    def attach_lane(self, channel: RTCDataChannel) -> None:
+        """A lane's channel: its messages are this peer's, as if they came on the frames channel."""
+        if channel.label != FRAMES_CHANNEL:
+            log.warning("a lane opened a %r datachannel; a lane carries frames only: closing it", channel.label)
+            channel.close()
+            return
+        channel.on("message", self._on_message)
 
     def _on_message(self, message: bytes | str) -> None:
         if isinstance(message, str):
@@ -149,6 +176,10 @@ class Peer:
                 return
             yield frame
 
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
     def end(self) -> None:
         """No more frames will come (the channel or the connection closed): answer what is held, then stop."""
         if not self._ended:
@@ -173,6 +204,7 @@ class WebRTCPeers:
         self.service = service
         self.peers: dict[str, Peer] = {}
         self.max_message_bytes = 4 * 1024 * 1024
+        self._tasks: set[asyncio.Task] = set()
 
     def __len__(self) -> int:
         return len(self.peers)
@@ -207,14 +239,9 @@ class WebRTCPeers:
                 peer.end()
 
         try:
-            try:
-                await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
-                await pc.setLocalDescription(await pc.createAnswer())
-            except (ValueError, AssertionError, KeyError, IndexError, TypeError) as exc:  # aiortc's SDP parser's
-                raise SignalError(f"cannot use the SDP offer: {exc or type(exc).__name__}") from None
+            await _answer(pc, offer)
         except BaseException:  # no peer: its place under --max-streams is free again
             service.sessions.discard(session)
-            await pc.close()
             raise
         peer_id = secrets.token_urlsafe(12)
         self.peers[peer_id] = peer
@@ -223,6 +250,53 @@ class WebRTCPeers:
         peer.task = asyncio.create_task(self._run(peer_id, peer), name="webrtc-peer")  # held: the loop keeps weak refs
         local = pc.localDescription
         return pb.PeerAnswer(sdp=local.sdp, type=local.type, max_inflight=service.max_inflight), peer_id
+
+    async def add_lane(self, peer_id: str, offer: pb.PeerOffer) -> pb.PeerAnswer:
+        """Answer an offer for a second association of peer ``peer_id`` (see the module's docstring)."""
+        peer = self.peers.get(peer_id)
+        if peer is None or peer.ended:
+            raise NoSuchPeer("no such peer")
+        if len(peer.lanes) >= MAX_LANES:
+            raise LaneRefused(f"this peer already has {len(peer.lanes)} lane(s), the most it may have")
+        if offer.type != "offer" or "m=application" not in offer.sdp:
+            raise SignalError("a lane's offer is an SDP offer with a datachannel (m=application) section")
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        peer.lanes.append(pc)  # before the first await: two offers at once cannot both pass the check
+        opened = asyncio.Event()
+
+        @pc.on("datachannel")
+        def _channel(channel: RTCDataChannel) -> None:
+            peer.attach_lane(channel)
+            opened.set()
+
+        async def drop() -> None:
+            if pc in peer.lanes:
+                peer.lanes.remove(pc)
+            await pc.close()
+
+        @pc.on("connectionstatechange")
+        async def _state() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                await drop()
+
+        async def expire() -> None:  # a lane that never opens frees its place for another try
+            try:
+                await asyncio.wait_for(opened.wait(), OPEN_TIMEOUT_S)
+            except TimeoutError:
+                log.info("a lane did not open its channel within %.0f s; closed", OPEN_TIMEOUT_S)
+                await drop()
+
+        try:
+            await _answer(pc, offer)
+        except BaseException:
+            if pc in peer.lanes:
+                peer.lanes.remove(pc)
+            raise
+        task = asyncio.create_task(expire(), name="webrtc-lane-open")
+        self._tasks.add(task)  # held: the loop keeps only weak references
+        task.add_done_callback(self._tasks.discard)
+        local = pc.localDescription
+        return pb.PeerAnswer(sdp=local.sdp, type=local.type, max_inflight=self.service.max_inflight)
 
     async def end(self, peer_id: str) -> bool:
         """End one peer (WHIP's DELETE): what it sent is answered first; False if there is no such peer."""
@@ -250,10 +324,28 @@ class WebRTCPeers:
             self.peers.pop(peer_id, None)
             if metrics is not None:
                 metrics.streams.labels(TRANSPORT).dec()
+            for lane in list(peer.lanes):
+                await lane.close()
+            peer.lanes.clear()
             await peer.pc.close()
             log.debug("WebRTC peer closed after %.1f s, %d frames", time.monotonic() - started, peer.frames_read)
 
     async def close(self) -> None:
         for peer in list(self.peers.values()):
             peer.end()
+            for lane in list(peer.lanes):
+                await lane.close()
             await peer.pc.close()
+
+
+async def _answer(pc: RTCPeerConnection, offer: pb.PeerOffer) -> None:
+    """Set the offer, make the answer; a bad offer closes ``pc`` and is a SignalError."""
+    try:
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
+            await pc.setLocalDescription(await pc.createAnswer())
+        except (ValueError, AssertionError, KeyError, IndexError, TypeError) as exc:  # aiortc's SDP parser's
+            raise SignalError(f"cannot use the SDP offer: {exc or type(exc).__name__}") from None
+    except BaseException:
+        await pc.close()
+        raise
