@@ -40,7 +40,7 @@ HTTP_PORT = 8080  # inside a fresh network namespace every port is free
 
 
 def browser_run(model: str, width: int, loss: float, frames: int, fps: float, deadline_ms: int, seed: int,
-                threads: int = 0) -> dict:  # fmt: skip
+                threads: int = 0, lane: bool = True) -> dict:  # fmt: skip
     """One selftest in chromium in the device's namespace, the edge server in the server's."""
     from splitserve.simulator.experiment import ExperimentConfig, edge_server
     from splitserve.simulator.link import LinkConfig
@@ -53,7 +53,8 @@ def browser_run(model: str, width: int, loss: float, frames: int, fps: float, de
         with edge_server(cfg, Path(tmp), ns) as (host, _):
             origin = f"http://{host}:{HTTP_PORT}"
             url = (f"{origin}/demo/?selftest={frames}&model={model}&fps={fps:g}&deadline={deadline_ms}"
-                   f"&width={width}&policy=fixed" + (f"&threads={threads}" if threads else ""))  # fmt: skip
+                   f"&width={width}&policy=fixed" + (f"&threads={threads}" if threads else "")
+                   + ("" if lane else "&lane=0"))  # fmt: skip
             page = subprocess.run(
                 [*ns.device.exec_prefix(), sys.executable, __file__, "--page", url, "--origin", origin],
                 capture_output=True, text=True, timeout=frames / fps * 10 + 600,
@@ -124,6 +125,7 @@ def main() -> int:
     p.add_argument("--frames", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="the browser head's WASM threads (default: the SDK's, 2)")
+    p.add_argument("--no-lane", action="store_true", help="the browser on one association (no lane)")
     p.add_argument("--out", type=Path, default=HERE / "results")
     p.add_argument("--page", help=argparse.SUPPRESS)  # the inner run, in the device's namespace
     p.add_argument("--origin", help=argparse.SUPPRESS)
@@ -152,7 +154,8 @@ def main() -> int:
             t0 = time.time()
             onnx_ms = onnx_head_ms(args.model, width)
             py = python_runs(args.model, width, LOSSES[name], args.frames, args.seed)
-            web = browser_run(args.model, width, LOSSES[name], args.frames, 10, 150, args.seed, args.threads)
+            web = browser_run(args.model, width, LOSSES[name], args.frames, 10, 150, args.seed, args.threads,
+                              lane=not args.no_lane)
             rows.append({
                 "width": width, "loss": name, "frames": args.frames,
                 "grpc_miss": py["grpc"]["deadline_miss"], "webrtc_miss": py["webrtc"]["deadline_miss"],
@@ -163,7 +166,7 @@ def main() -> int:
                 "onnxruntime_head_ms": onnx_ms,
                 "browser_warmup_ms": web.get("warmup_ms"), "bytes_mean": web["bytes_mean"],
                 "cross_origin_isolated": web.get("cross_origin_isolated"), "wasm_threads": web.get("wasm_threads"),
-                "browser_other_ms_p50": web.get("other_ms_p50"),
+                "browser_other_ms_p50": web.get("other_ms_p50"), "browser_associations": web.get("associations"),
             })  # fmt: skip
             print(f"width {width}, {name}: {time.time() - t0:.0f} s", flush=True)
     head = (f"{'width':>5} {'loss':>5} {'bytes':>6} {'gRPC miss':>9} {'py WebRTC':>9} {'browser':>8} "
