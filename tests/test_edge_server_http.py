@@ -144,6 +144,7 @@ def test_a_lane_carries_some_of_a_peers_pieces_and_ends_with_it(web, fmnist):
             refused = [http("POST", lane_url, sdp, {"Content-Type": "application/sdp"}),
                        http("POST", lane_url, b"v=0\r\nno datachannel here", sdp_headers)]  # fmt: skip
             lane_frames = lane.createDataChannel(FRAMES_CHANNEL, ordered=False)
+            stray = lane.createDataChannel(RESULTS_CHANNEL, ordered=False)  # a lane carries frames only
             await whip_connect(lane, lane_url, [lane_frames])
             second = await asyncio.to_thread(http, "POST", lane_url, sdp, sdp_headers)
             frame = good_frame(fmnist, 31)
@@ -153,17 +154,23 @@ def test_a_lane_carries_some_of_a_peers_pieces_and_ends_with_it(web, fmnist):
             for i, piece in enumerate(pieces[:-2] + pieces[-1:]):  # the last data piece lost
                 (lane_frames if i % 2 else frames).send(piece)
             result = pb.Result.FromString(await asyncio.wait_for(inbox.get(), 10))
+            for _ in range(50):  # the server closed the lane's other channel
+                if stray.readyState == "closed":
+                    break
+                await asyncio.sleep(0.1)
+            stray_state = stray.readyState
             assert http("DELETE", web.base + location, headers=AUTH)[0] == 200
             for _ in range(100):  # the lane ends with its peer
                 if lane.connectionState == "closed" or lane_frames.readyState == "closed":
                     break
                 await asyncio.sleep(0.1)
-            return refused, second, result, lane_frames.readyState, lane.connectionState
+            return refused, second, result, lane_frames.readyState, lane.connectionState, stray_state
         finally:
             await pc.close()
             await lane.close()
 
-    refused, second, result, lane_channel, lane_state = asyncio.run(main())
+    refused, second, result, lane_channel, lane_state, stray_state = asyncio.run(main())
+    assert stray_state == "closed"
     assert [r[0] for r in refused] == [401, 400]
     assert second[0] == 409 and b"lane" in second[2]
     assert result.status == pb.Result.OK and result.frame_id == 31

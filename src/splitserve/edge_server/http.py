@@ -153,10 +153,12 @@ class HttpFrontend:
 
     async def whip_lane(self, request: web.Request) -> web.Response:
         sdp = await self._offer(request)
-        from splitserve.edge_server.webrtc import LaneRefused, NoSuchPeer, SignalError
+        from splitserve.edge_server.webrtc import LaneRefused, NoSuchPeer, SignalError, StreamsExhausted
 
         try:
             answer = await self._peers().add_lane(request.match_info["peer"], pb.PeerOffer(sdp=sdp, type="offer"))
+        except StreamsExhausted as exc:
+            raise web.HTTPServiceUnavailable(text=f"{exc}\n", headers={"Retry-After": "1"}) from None
         except NoSuchPeer:
             raise web.HTTPNotFound(text="no such peer\n") from None
         except LaneRefused as exc:

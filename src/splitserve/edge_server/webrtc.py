@@ -253,6 +253,8 @@ class WebRTCPeers:
 
     async def add_lane(self, peer_id: str, offer: pb.PeerOffer) -> pb.PeerAnswer:
         """Answer an offer for a second association of peer ``peer_id`` (see the module's docstring)."""
+        if self.service.draining.is_set():
+            raise StreamsExhausted("the server is shutting down")
         peer = self.peers.get(peer_id)
         if peer is None or peer.ended:
             raise NoSuchPeer("no such peer")
