@@ -1,6 +1,7 @@
 """The browser SDK over the emulated lossy link, beside the Python client on the same link and frames.
 
     sudo python benchmarks/browser_link.py [--model lite0-imagenet] [--widths 0,1,2,3] [--losses 5%] [--frames 300]
+    sudo python benchmarks/browser_link.py --adaptive     # both clients pick the width per frame
 
 Per width and loss, three runs on one 2 Mbit/s link with 20 ms one-way delay and the loss on both
 directions (network namespaces, as ``simulate --netns``), 10 fps, 150 ms deadline, the model's sample
@@ -39,7 +40,7 @@ LOSSES = {"0%": 0.0, "2%": 0.02, "5%": 0.05, "10%": 0.10}
 HTTP_PORT = 8080  # inside a fresh network namespace every port is free
 
 
-def browser_run(model: str, width: int, loss: float, frames: int, fps: float, deadline_ms: int, seed: int,
+def browser_run(model: str, width: int | str, loss: float, frames: int, fps: float, deadline_ms: int, seed: int,
                 threads: int = 0, lane: bool = True) -> dict:  # fmt: skip
     """One selftest in chromium in the device's namespace, the edge server in the server's."""
     from splitserve.simulator.experiment import ExperimentConfig, edge_server
@@ -53,7 +54,8 @@ def browser_run(model: str, width: int, loss: float, frames: int, fps: float, de
         with edge_server(cfg, Path(tmp), ns) as (host, _):
             origin = f"http://{host}:{HTTP_PORT}"
             url = (f"{origin}/demo/?selftest={frames}&model={model}&fps={fps:g}&deadline={deadline_ms}"
-                   f"&width={width}&policy=fixed" + (f"&threads={threads}" if threads else "")
+                   + ("&policy=adaptive" if width == "adaptive" else f"&width={width}&policy=fixed")
+                   + (f"&threads={threads}" if threads else "")
                    + ("" if lane else "&lane=0"))  # fmt: skip
             page = subprocess.run(
                 [*ns.device.exec_prefix(), sys.executable, __file__, "--page", url, "--origin", origin],
@@ -109,11 +111,11 @@ def onnx_head_ms(model: str, width: int, frames: int = 60) -> float:
     return float(np.median(times[5:]))
 
 
-def python_runs(model: str, width: int, loss: float, frames: int, seed: int) -> dict[str, dict]:
+def python_runs(model: str, width: int | str, loss: float, frames: int, seed: int) -> dict[str, dict]:
     sys.path.insert(0, str(HERE))
     from transports import run_one
 
-    result = run_one(model, f"split:{width}", loss, 1.0, frames, seed)
+    result = run_one(model, "adaptive" if width == "adaptive" else f"split:{width}", loss, 1.0, frames, seed)
     return {row["transport"]: row for row in result["strategies"]}
 
 
@@ -126,6 +128,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="the browser head's WASM threads (default: the SDK's, 2)")
     p.add_argument("--no-lane", action="store_true", help="the browser on one association (no lane)")
+    p.add_argument("--adaptive", action="store_true", help="both clients adaptive, not --widths")
     p.add_argument("--out", type=Path, default=HERE / "results")
     p.add_argument("--page", help=argparse.SUPPRESS)  # the inner run, in the device's namespace
     p.add_argument("--origin", help=argparse.SUPPRESS)
@@ -147,12 +150,14 @@ def main() -> int:
         print("browser_link.py: the SDK is not built (cd clients/web && npm ci && npm run build)", file=sys.stderr)
         return 2
     n_widths = load(args.model).width_count
-    widths = [int(w) for w in args.widths.split(",")] if args.widths else list(range(n_widths))
+    widths: list[int | str] = [int(w) for w in args.widths.split(",")] if args.widths else list(range(n_widths))
+    if args.adaptive:
+        widths = ["adaptive"]
     rows = []
     for width in widths:
         for name in [s.strip() for s in args.losses.split(",")]:
             t0 = time.time()
-            onnx_ms = onnx_head_ms(args.model, width)
+            onnx_ms = None if width == "adaptive" else onnx_head_ms(args.model, width)  # type: ignore[arg-type]
             py = python_runs(args.model, width, LOSSES[name], args.frames, args.seed)
             web = browser_run(args.model, width, LOSSES[name], args.frames, 10, 150, args.seed, args.threads,
                               lane=not args.no_lane)
@@ -167,6 +172,8 @@ def main() -> int:
                 "browser_warmup_ms": web.get("warmup_ms"), "bytes_mean": web["bytes_mean"],
                 "cross_origin_isolated": web.get("cross_origin_isolated"), "wasm_threads": web.get("wasm_threads"),
                 "browser_other_ms_p50": web.get("other_ms_p50"), "browser_associations": web.get("associations"),
+                "browser_widths": web.get("width_counts"), "webrtc_widths": py["webrtc"]["widths"],
+                "webrtc_bytes_mean": py["webrtc"]["bytes_per_frame"],
             })  # fmt: skip
             print(f"width {width}, {name}: {time.time() - t0:.0f} s", flush=True)
     head = (f"{'width':>5} {'loss':>5} {'bytes':>6} {'gRPC miss':>9} {'py WebRTC':>9} {'browser':>8} "
@@ -174,9 +181,13 @@ def main() -> int:
     print(f"\n{args.model}, 2 Mbit/s, 20 ms one-way, 10 fps, 150 ms deadline, {args.frames} frames (netns)")
     print(head + "\n" + "-" * len(head))
     for r in rows:
+        onnx = "-" if r["onnxruntime_head_ms"] is None else f"{r['onnxruntime_head_ms']:.1f}"
         print(f"{r['width']:>5} {r['loss']:>5} {r['bytes_mean']:>6.0f} {100 * r['grpc_miss']:>8.1f}% "
               f"{100 * r['webrtc_miss']:>8.1f}% {100 * r['browser_miss']:>7.1f}% {r['python_head_ms']:>10.1f} "
-              f"{r['onnxruntime_head_ms']:>8.1f} {r['browser_head_ms_p50']:>11.1f}")  # fmt: skip
+              f"{onnx:>8} {r['browser_head_ms_p50']:>11.1f}")  # fmt: skip
+        if r["width"] == "adaptive":
+            print(f"      widths: Python {r['webrtc_widths']} ({r['webrtc_bytes_mean']:.0f} B), "
+                  f"browser {r['browser_widths']} ({r['bytes_mean']:.0f} B)")  # fmt: skip
     checks = []
     for r in rows:
         if r["loss"] == "5%":
@@ -185,13 +196,14 @@ def main() -> int:
             checks.append((f"width {r['width']}: browser misses / gRPC misses <= 0.5", ratio, 0.5))
         checks.append((f"width {r['width']}, {r['loss']}: browser misses - Python WebRTC misses <= 1/200",
                        r["browser_miss"] - r["webrtc_miss"], 1 / 200))  # fmt: skip
-        checks.append((f"width {r['width']}: browser head / Python onnxruntime head <= 2 (browser under load)",
-                       r["browser_head_ms_p50"] / r["onnxruntime_head_ms"], 2.0))  # fmt: skip
+        if r["onnxruntime_head_ms"] is not None:
+            checks.append((f"width {r['width']}: browser head / Python onnxruntime head <= 2 (browser under load)",
+                           r["browser_head_ms_p50"] / r["onnxruntime_head_ms"], 2.0))  # fmt: skip
     print("\ntarget checks:")
     for check, value, limit in checks:
         print(f"  {'PASS' if value <= limit else 'MISS'}  {check}: {value:.3f}")
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"browser_link_{args.model}.json"
+    path = args.out / f"browser_link_{args.model}{'_adaptive' if args.adaptive else ''}.json"
     chromium = shutil.which("chromium") or shutil.which("chromium-browser") or "chromium"
     version = subprocess.run([chromium, "--version"], capture_output=True, text=True).stdout.strip()
     path.write_text(json.dumps({
