@@ -192,6 +192,13 @@ class Peer:
                     self._frames.get_nowait()
                 self._frames.put_nowait(_END)
 
+    async def close(self) -> None:
+        """Close the peer connection and its lanes."""
+        for lane in list(self.lanes):
+            await lane.close()
+        self.lanes.clear()
+        await self.pc.close()
+
     async def serve(self) -> None:
         async for result in self.session.results(self.frames()):
             self.send(result)
@@ -219,10 +226,7 @@ class WebRTCPeers:
             raise StreamsExhausted("the server is shutting down")
         if service.max_streams is not None and len(service.sessions) >= service.max_streams:
             raise StreamsExhausted(f"this server already has {len(service.sessions)} streams open")
-        if offer.type != "offer":
-            raise SignalError(f"expected an SDP offer, got type {offer.type!r}")
-        if "m=application" not in offer.sdp:
-            raise SignalError("the offer has no datachannel (m=application) section")
+        _check_offer(offer)
         session = StreamSession(service.pipeline, service.max_inflight, service.draining)
         # counted from here, before the first await: a burst of offers cannot overshoot --max-streams
         service.sessions.add(session)
@@ -260,8 +264,7 @@ class WebRTCPeers:
             raise NoSuchPeer("no such peer")
         if len(peer.lanes) >= MAX_LANES:
             raise LaneRefused(f"this peer already has {len(peer.lanes)} lane(s), the most it may have")
-        if offer.type != "offer" or "m=application" not in offer.sdp:
-            raise SignalError("a lane's offer is an SDP offer with a datachannel (m=application) section")
+        _check_offer(offer)
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         peer.lanes.append(pc)  # before the first await: two offers at once cannot both pass the check
         opened = asyncio.Event()
@@ -326,18 +329,21 @@ class WebRTCPeers:
             self.peers.pop(peer_id, None)
             if metrics is not None:
                 metrics.streams.labels(TRANSPORT).dec()
-            for lane in list(peer.lanes):
-                await lane.close()
-            peer.lanes.clear()
-            await peer.pc.close()
+            await peer.close()
             log.debug("WebRTC peer closed after %.1f s, %d frames", time.monotonic() - started, peer.frames_read)
 
     async def close(self) -> None:
         for peer in list(self.peers.values()):
             peer.end()
-            for lane in list(peer.lanes):
-                await lane.close()
-            await peer.pc.close()
+            await peer.close()
+
+
+def _check_offer(offer: pb.PeerOffer) -> None:
+    """What an offer must be before anything is built for it: an SDP offer with a datachannel section."""
+    if offer.type != "offer":
+        raise SignalError(f"expected an SDP offer, got type {offer.type!r}")
+    if "m=application" not in offer.sdp:
+        raise SignalError("the offer has no datachannel (m=application) section")
 
 
 async def _answer(pc: RTCPeerConnection, offer: pb.PeerOffer) -> None:
