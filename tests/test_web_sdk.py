@@ -38,9 +38,10 @@ def built():
     return WEB / "dist" / "splitserve.js"
 
 
-def _ans_case(name, probabilities, rng, per_row):
+def _ans_case(name, probabilities, rng, per_row, uniform=False):
     cdfs = [ans.quantized_cdf(p) for p in probabilities]
-    symbols = np.stack([rng.choice(len(p), per_row, p=p / p.sum()) for p in probabilities])
+    # uniform: every symbol as likely, the rarest (one unit of 2**24) too: the coder's widest quotients
+    symbols = np.stack([rng.choice(len(p), per_row, p=None if uniform else p / p.sum()) for p in probabilities])
     return {"name": name, "probabilities": [p.tolist() for p in probabilities], "cdfs": cdfs,
             "symbols": symbols.reshape(-1).tolist(), "payload": ans.encode(symbols, cdfs).hex()}  # fmt: skip
 
@@ -66,6 +67,8 @@ def golden_vectors(rng: np.random.Generator) -> dict:
         p = rng.dirichlet(np.full(n, 0.3))
         p[rng.integers(n)] = 1e-12
         cases.append(_ans_case(f"random, {n} symbols", [p, rng.random(n) + 1e-3], rng, 300))
+    skewed = rng.dirichlet(np.full(300, 0.05))
+    cases.append(_ans_case("rare symbols as often as common ones", [skewed, rng.random(300) ** 8], rng, 3000, True))
     cases.append(_ans_case("long stream", [rng.dirichlet(np.ones(40)) for _ in range(6)], rng, 5000))
     entropic = []
     for model in ("fmnist-split", "lite0-imagenet"):

@@ -14,7 +14,6 @@
  */
 
 export const PRECISION = 24;
-const TWO32 = 2 ** 32;
 const TWO24 = 2 ** 24;
 
 /** The left-sided CDF (n + 1 entries, ending at 2**24); each symbol gets at least one unit. */
@@ -68,19 +67,17 @@ export function encode(symbols: ArrayLike<number>, rows: number, cdfs: readonly 
         lo = hi;
         hi = 0;
       }
-      // q = floor(state / p), r = state % p, in 32 + 16 + 16 bit steps (p < 2**24)
-      const qh = Math.floor(hi / p);
-      const rh = hi - qh * p;
-      const x = rh * 65536 + (lo >>> 16);
-      const q1 = Math.floor(x / p);
-      const r1 = x - q1 * p;
-      const y = r1 * 65536 + (lo & 0xffff);
-      const q0 = Math.floor(y / p);
-      const r = y - q0 * p;
-      const q = qh * TWO32 + q1 * 65536 + q0; // < 2**40 after renormalization: exact
-      // state = (q << 24) | (r + left)
-      lo = ((q % 256) * TWO24 + r + left) >>> 0;
-      hi = Math.floor(q / 256);
+      // q = floor(state / p), r = state % p, in two steps that stay exact in float64: hi < p * 2**8 after
+      // renormalization, so a < 2**40 and b < 2**48, and each quotient's distance from the next integer
+      // (at least 1/p) is wider than half its spacing. q = q1 * 2**24 + q0 with q0 < 2**24.
+      const a = hi * 256 + (lo >>> 24);
+      const q1 = Math.floor(a / p);
+      const b = (a - q1 * p) * TWO24 + (lo & 0xffffff);
+      const q0 = Math.floor(b / p);
+      const r = b - q0 * p;
+      // state = (q << 24) | (r + left), r + left < 2**24
+      lo = ((q0 & 255) * TWO24 + r + left) >>> 0;
+      hi = q1 * 65536 + (q0 >>> 8);
     }
   }
   if (hi) words.push(lo, hi);
