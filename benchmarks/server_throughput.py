@@ -393,7 +393,10 @@ def main() -> int:
     )
     args.json = args.json or Path(__file__).parent / "results" / f"server_throughput_{args.model}.json"
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    out = {"model": args.model, "device": device, "device_name": name, "workers": args.workers,
+    from splitserve.models.zoo import load
+
+    out = {"model": args.model, "version": str(load(args.model).version), "device": device, "device_name": name,
+           "workers": args.workers,
            "max_batch": args.max_batch,
            "duration_s": args.duration, "run_s": total_s, "rows": rows}  # fmt: skip
     args.json.write_text(json.dumps(out, indent=1) + "\n")

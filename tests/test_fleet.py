@@ -271,6 +271,31 @@ def test_simulate_fleet_cli(tmp_path) -> None:
     assert bad.returncode == 2 and "cannot read duration 'later'" in bad.stderr
 
 
+def test_a_curve_of_another_model_is_refused_and_of_another_version_warned(tmp_path, capsys) -> None:
+    """The device side comes from the bundle, the server side from the curve: they must be one model."""
+    from splitserve.models.zoo import load
+    from splitserve.simulator.fleet import cli
+
+    rows = [{"streams": 1, "on": {"frames_per_s": 100.0, "mean_batch": 1.0}}]
+    version = str(load("fmnist-split").version)
+    args = ["--model", "fmnist-split", "--devices", "2", "--service", str(tmp_path / "st.json")]
+    for measured, expect in ((version, None), ("0", "measured fmnist-split v0; the bundled model is v"),
+                             ("", None)):  # fmt: skip
+        (tmp_path / "st.json").write_text(json.dumps({"model": "fmnist-split", "version": measured, "rows": rows}))
+        for _ in range(3):
+            sc = cli.scenario(cli.parser().parse_args(args))
+        err = capsys.readouterr().err
+        assert sc.service.version == measured
+        assert (expect in err and err.count("simulate fleet:") == 1) if expect else err == ""
+    (tmp_path / "st.json").write_text(json.dumps({"model": "lite0-imagenet", "version": "10", "rows": rows}))
+    with pytest.raises(ValueError, match="measured lite0-imagenet, not fmnist-split"):
+        cli.scenario(cli.parser().parse_args(args))
+    # the curves the repository ships name the bundled versions
+    for model in ("fmnist-split", "lite0-imagenet"):
+        curve = load_service_curve(cli.results_path(model))
+        assert (curve.model, curve.version) == (model, str(load(model).version))
+
+
 def test_capacity_finds_the_devices_a_server_carries(tmp_path) -> None:
     """On a steady link the servers decide: a server of ~400 frames/s carries ~30-40 devices at 10 fps."""
     from splitserve.simulator.fleet.cli import capacity, parser

@@ -24,11 +24,12 @@ import numpy as np
 
 from splitserve.simulator.fleet.engine import FleetResult, simulate_fleet
 from splitserve.simulator.fleet.scenario import Autoscale, DeviceCosts, Failure, FleetScenario, Profile, load_traces
-from splitserve.simulator.fleet.service import load_service_curve, results_path
+from splitserve.simulator.fleet.service import check_curve, load_service_curve, results_path
 from splitserve.simulator.units import parse_fraction, parse_time_ms
 
 SHARED_TRACES = Path(__file__).resolve().parents[5] / "shared" / "traces"
 MISS_TARGET = 0.05
+_warned: set[str] = set()  # a capacity search builds hundreds of scenarios: each warning once
 
 
 def model_costs(model: str) -> tuple[dict, list[int]]:
@@ -107,6 +108,10 @@ def scenario(args: argparse.Namespace, **override) -> FleetScenario:  # type: ig
     manifest, overheads = model_costs(args.model)
     costs = DeviceCosts.from_manifest(manifest, overheads, args.head_ms, args.device_slowdown, args.local)
     service = load_service_curve(args.service or results_path(args.model), args.workers)
+    warning = check_curve(service, args.model, str(manifest.get("version", "")))
+    if warning and warning not in _warned:
+        _warned.add(warning)
+        print(f"simulate fleet: {warning}", file=sys.stderr)
     if args.traces:
         traces = load_traces(args.traces)
     else:

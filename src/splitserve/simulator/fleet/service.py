@@ -25,6 +25,8 @@ class ServiceCurve:
     source: str = ""
     device: str = "cpu"
     device_name: str = ""
+    model: str = ""  # the model and version the measurement served ("" where it does not say)
+    version: str = ""
 
     def __post_init__(self) -> None:
         if len(self.batch) == 0 or len(self.batch) != len(self.batch_ms):
@@ -53,6 +55,7 @@ class ServiceCurve:
     def describe(self) -> dict:
         return {
             "source": self.source, "device": self.device, "device_name": self.device_name,
+            "model": self.model, "version": self.version,
             "points": [{"batch": round(float(b), 2), "batch_ms": round(float(t), 2)}
                        for b, t in zip(self.batch, self.batch_ms, strict=True)],
             "max_frames_per_s": round(self.max_frames_per_s, 1),
@@ -101,4 +104,21 @@ def load_service_curve(path: str | Path, workers: bool = False) -> ServiceCurve:
         kept.append((b, fps))
     curve = ServiceCurve.from_points(kept, source=str(path))
     return ServiceCurve(curve.batch, curve.batch_ms, str(path), str(data.get("device", "cpu")),
-                        str(data.get("device_name", "")))  # fmt: skip
+                        str(data.get("device_name", "")), str(data.get("model") or ""),
+                        str(data.get("version") or ""))  # fmt: skip
+
+
+def check_curve(curve: ServiceCurve, model: str, version: str) -> str | None:
+    """Refuse a curve measured on another model; a warning (returned) for another version of this one.
+
+    The fleet's device side comes from the bundle's manifest (head times, frame sizes), its server side
+    from the curve: a curve of an older version would price one version's frames at another's tail.
+    """
+    if curve.model and curve.model != model:
+        raise ValueError(f"{curve.source} measured {curve.model}, not {model}: pass that model's "
+                         "server_throughput.py JSON to --service")  # fmt: skip
+    if curve.version and version and curve.version != version:
+        return (f"{curve.source} measured {model} v{curve.version}; the bundled model is v{version}: "
+                f"its server-side times are v{curve.version}'s (benchmarks/server_throughput.py --model {model} "
+                "measures the bundled one)")  # fmt: skip
+    return None
